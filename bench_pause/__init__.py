@@ -1,0 +1,1 @@
+"""bench-pause: how fast and how cleanly vLLM pauses and resumes generation."""

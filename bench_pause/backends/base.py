@@ -1,0 +1,118 @@
+"""What every backend provides to the measurement: streams, pause, resume, liveness.
+
+A session is one running engine (or server). The measurement protocol in
+:mod:`bench_pause.measure` is written once against this interface, so the in-process
+engine and the HTTP server are measured by the same code.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from bench_pause.trace import Trace
+
+# Called with (request, tokens received so far) after every streamed output.
+OnCount = Callable[[int, int], None]
+
+
+class EngineDied(RuntimeError):
+    """The engine or server process is gone; the session must be restarted."""
+
+
+class StartupFailed(RuntimeError):
+    """The engine or server did not come up within its timeout (after retries)."""
+
+
+@dataclass
+class Timeouts:
+    """Every wait on the engine is bounded by one of these (seconds)."""
+
+    startup: float = 300.0
+    pause: float = 60.0
+    resume: float = 60.0
+    stream: float = 120.0
+
+
+@dataclass
+class SessionInfo:
+    """Facts about one engine start, recorded in meta.json."""
+
+    backend: str
+    dp_size: int
+    model: str
+    engine_args: list[str]
+    startup_s: float = float("nan")
+    retries: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Session(abc.ABC):
+    """One running engine, measured through one backend."""
+
+    backend: str
+
+    def __init__(self, info: SessionInfo, timeouts: Timeouts) -> None:
+        self.info = info
+        self.timeouts = timeouts
+
+    async def start(self) -> None:
+        """Start the engine, retrying once: first starts sometimes hang (FACTS.md)."""
+        last: Exception | None = None
+        for attempt in range(2):
+            t0 = time.monotonic()
+            try:
+                await self._start()
+            except StartupFailed as exc:
+                last = exc
+                await self.close()
+                self.info.retries = attempt + 1
+                continue
+            self.info.startup_s = time.monotonic() - t0
+            return
+        raise StartupFailed(f"{self.backend} engine did not start after 2 tries: {last}")
+
+    @abc.abstractmethod
+    async def _start(self) -> None:
+        """Start once; raise StartupFailed on timeout or early exit."""
+
+    @abc.abstractmethod
+    async def stream(self, request: int, prompt: str, max_tokens: int, trace: Trace,
+                     on_count: OnCount) -> None:
+        """Submit one request and record its tokens and finish reason into ``trace``."""
+
+    @abc.abstractmethod
+    def admitted(self) -> int:
+        """How many submitted requests the engine (or server) has taken in so far.
+
+        A ``prefill`` pause is called once every request is in, so that it finds them
+        in the engine rather than arriving while paused.
+        """
+
+    @abc.abstractmethod
+    async def pause(self, mode: str, clear_cache: bool) -> str:
+        """Pause generation; returns a detail string recorded with the event."""
+
+    @abc.abstractmethod
+    async def resume(self) -> str:
+        """Resume generation; returns a detail string recorded with the event."""
+
+    @abc.abstractmethod
+    async def is_paused(self) -> bool: ...
+
+    @abc.abstractmethod
+    def alive(self) -> bool:
+        """Whether the engine's processes are still running."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop the engine and every process it started. Safe to call twice."""
+
+    async def __aenter__(self) -> "Session":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,200 @@
+"""The HTTP backend: vLLM's OpenAI-compatible server, launched here or given by --url.
+
+Streams ``/v1/completions`` with aiohttp and takes a timestamp as each SSE chunk
+arrives. Token counts per chunk come from ``continuous_usage_stats`` (the cumulative
+``completion_tokens``), never from counting chunks with text. Pause and resume go through
+``POST /pause`` / ``POST /resume``, which exist only with ``VLLM_SERVER_DEV_MODE=1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+import aiohttp
+
+from bench_pause import procs, vllm_compat
+from bench_pause.backends.base import OnCount, Session, SessionInfo, StartupFailed, Timeouts
+from bench_pause.scenario import ScenarioError
+from bench_pause.trace import FINISH, SUBMIT, Trace
+from bench_pause.vllm_compat import EngineConfig
+
+LOG_TAIL_LINES = 25
+
+
+def free_port() -> int:
+    """A free loopback port; two sweeps at once each get their own."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no server log)"
+
+
+class HttpSession(Session):
+    backend = "http"
+
+    def __init__(self, config: EngineConfig | None, dp_size: int, timeouts: Timeouts,
+                 log_dir: Path, url: str | None = None) -> None:
+        model = config.model if config else ""
+        args = list(config.cli(dp_size)) if config else []
+        super().__init__(SessionInfo("http", dp_size, model, args), timeouts)
+        self.config = config
+        self.url = url.rstrip("/") if url else None
+        self.external = url is not None
+        self.log_path = Path(log_dir) / f"server-dp{dp_size}-{os.getpid()}.log"
+        self.proc: subprocess.Popen | None = None
+        self.client: aiohttp.ClientSession | None = None
+        self.model_id = model
+        self.api = vllm_compat.MODE_API
+        self._open_streams = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        self.client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+        if self.external:
+            await self._attach()
+            return
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        env = dict(os.environ, VLLM_SERVER_DEV_MODE="1")
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1",
+               "--port", str(port), *self.config.cli(self.info.dp_size)]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"$ {' '.join(cmd)}\n".encode())
+            log.flush()
+            # Its own process group, so the server and every engine it spawns stop together.
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+        self.info.extra = {"url": self.url, "log": str(self.log_path)}
+        deadline = time.monotonic() + self.timeouts.startup
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the vLLM server exited with code {self.proc.returncode} "
+                                   f"during start-up; last lines of {self.log_path}:\n{log_tail(self.log_path)}")
+            if await self._healthy():
+                await self._read_model()
+                return
+            await asyncio.sleep(0.5)
+        raise StartupFailed(f"the vLLM server did not answer /health within {self.timeouts.startup:.0f} s; "
+                            f"last lines of {self.log_path}:\n{log_tail(self.log_path)}")
+
+    async def _healthy(self) -> bool:
+        try:
+            async with self.client.get(f"{self.url}/health", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
+    async def _read_model(self) -> None:
+        async with self.client.get(f"{self.url}/v1/models", timeout=aiohttp.ClientTimeout(total=10)) as r:
+            r.raise_for_status()
+            self.model_id = (await r.json())["data"][0]["id"]
+
+    async def _attach(self) -> None:
+        """Measure a server someone else runs: check it answers and has the pause API."""
+        try:
+            async with self.client.get(f"{self.url}/is_paused", timeout=aiohttp.ClientTimeout(total=5)) as r:
+                status = r.status
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise ScenarioError(f"no vLLM server answers at {self.url}: {exc or type(exc).__name__}") from exc
+        if status == 404:
+            raise ScenarioError(f"{self.url} has no pause endpoints (/is_paused is 404): start the server "
+                                "with VLLM_SERVER_DEV_MODE=1")
+        await self._read_model()
+        self.info.model = self.model_id
+        version = ""
+        try:
+            async with self.client.get(f"{self.url}/version", timeout=aiohttp.ClientTimeout(total=5)) as r:
+                version = (await r.json()).get("version", "")
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            pass
+        self.info.extra = {"url": self.url, "server_vllm_version": version}
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+        if self.proc is not None:
+            await asyncio.to_thread(procs.stop_group, self.proc)
+            self.proc = None
+
+    def alive(self) -> bool:
+        if self.external:
+            return self.client is not None
+        return self.proc is not None and self.proc.poll() is None
+
+    # -- measurement -----------------------------------------------------------------
+
+    async def stream(self, request: int, prompt: str, max_tokens: int, trace: Trace,
+                     on_count: OnCount) -> None:
+        body = {
+            "model": self.model_id, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
+            "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+        }
+        finish, seen = "none", 0
+        trace.event(SUBMIT, request)
+        async with self.client.post(f"{self.url}/v1/completions", json=body) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"/v1/completions answered {resp.status}: {(await resp.text())[:200]}")
+            self._open_streams += 1
+            try:
+                async for raw in resp.content:
+                    line = raw.strip()
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    usage = chunk.get("usage") or {}
+                    total = usage.get("completion_tokens", seen)
+                    if total > seen:
+                        on_count(request, trace.token(request, total - seen))
+                        seen = total
+                    for choice in chunk.get("choices") or []:
+                        if choice.get("finish_reason"):
+                            finish = str(choice["finish_reason"])
+            finally:
+                self._open_streams -= 1
+        trace.event(FINISH, request, detail=finish)
+
+    def admitted(self) -> int:
+        # The server has sent its response headers: it accepted the request and is
+        # handing it to the engine. Closer than this cannot be seen from a client.
+        return self._open_streams
+
+    async def _post(self, path: str, params: dict | None = None) -> str:
+        query = f"?{urlencode({k: str(v).lower() if isinstance(v, bool) else v for k, v in params.items()})}" \
+            if params else ""
+        async with self.client.post(f"{self.url}{path}{query}") as r:
+            text = await r.text()
+            if r.status != 200:
+                raise RuntimeError(f"POST {path}{query} answered {r.status}: {text[:200]}")
+            return f"{r.status} {text.strip()[:200]}"
+
+    async def pause(self, mode: str, clear_cache: bool) -> str:
+        await vllm_compat.before_pause()
+        return await self._post("/pause", vllm_compat.pause_kwargs(self.api, mode, clear_cache))
+
+    async def resume(self) -> str:
+        return await self._post("/resume")
+
+    async def is_paused(self) -> bool:
+        async with self.client.get(f"{self.url}/is_paused") as r:
+            return bool((await r.json())["is_paused"])

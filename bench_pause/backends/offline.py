@@ -1,0 +1,103 @@
+"""The in-process backend: vLLM's AsyncLLM, driven on this event loop.
+
+Engine-side timestamps come from ``RequestOutput.metrics.last_token_ts`` (the engine
+core's CLOCK_MONOTONIC), copied at each yield because vLLM updates the object in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+
+from bench_pause import procs, vllm_compat
+from bench_pause.backends.base import OnCount, Session, SessionInfo, StartupFailed, Timeouts
+from bench_pause.trace import FINISH, SUBMIT, Trace
+from bench_pause.vllm_compat import EngineConfig
+
+
+class OfflineSession(Session):
+    backend = "offline"
+
+    def __init__(self, config: EngineConfig, dp_size: int, timeouts: Timeouts) -> None:
+        super().__init__(SessionInfo("offline", dp_size, config.model, list(config.cli(dp_size))), timeouts)
+        self.config = config
+        self.api = vllm_compat.pause_api()
+        self.engine = None
+        self._pids: set[int] = set()
+
+    async def _start(self) -> None:
+        engine_args = self.config.async_engine_args(self.info.dp_size)
+        before = procs.descendants()
+        timed_out = threading.Event()
+
+        def watchdog() -> None:
+            # AsyncLLM's constructor blocks until the engine core's handshake; killing the
+            # children it spawned makes that handshake fail instead of hanging forever.
+            timed_out.set()
+            procs.stop(procs.descendants() - before, grace_s=2.0)
+
+        timer = threading.Timer(self.timeouts.startup, watchdog)
+        timer.start()
+        try:
+            self.engine = vllm_compat.async_llm_class().from_engine_args(engine_args)
+        except Exception as exc:
+            self._pids = procs.descendants() - before
+            if timed_out.is_set():
+                raise StartupFailed(f"no engine after {self.timeouts.startup:.0f} s") from exc
+            raise
+        finally:
+            timer.cancel()
+        self._pids = procs.descendants() - before
+
+    async def stream(self, request: int, prompt: str, max_tokens: int, trace: Trace,
+                     on_count: OnCount) -> None:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0.0,
+                                output_kind=RequestOutputKind.DELTA)
+        finish = "none"
+        trace.event(SUBMIT, request)
+        async for out in self.engine.generate(prompt, params, request_id=f"{uuid.uuid4().hex}-{request}"):
+            completion = out.outputs[0]
+            n = len(completion.token_ids)
+            if n:
+                m = out.metrics
+                engine_t = getattr(m, "last_token_ts", 0.0) if m is not None else 0.0
+                on_count(request, trace.token(request, n, engine_t or None))
+            if out.finished:
+                finish = str(completion.finish_reason)
+        trace.event(FINISH, request, detail=finish)
+
+    def admitted(self) -> int:
+        # Requests are registered here right before they are sent to the engine core, on
+        # the same socket as the pause call, so the engine sees them first.
+        return self.engine.output_processor.get_num_unfinished_requests()
+
+    async def pause(self, mode: str, clear_cache: bool) -> str:
+        await vllm_compat.call_pause(self.engine, self.api, mode, clear_cache)
+        return ""
+
+    async def resume(self) -> str:
+        await self.engine.resume_generation()
+        return ""
+
+    async def is_paused(self) -> bool:
+        return bool(await self.engine.is_paused())
+
+    def alive(self) -> bool:
+        if self.engine is None or not procs.alive(self._pids):
+            return False
+        resources = getattr(self.engine.engine_core, "resources", None)
+        return not getattr(resources, "engine_dead", False)
+
+    async def close(self) -> None:
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(engine.shutdown), timeout=30)
+            except Exception:  # a dead engine may fail to shut down cleanly; the stop below is what counts
+                pass
+        procs.stop({p for p in self._pids if procs.alive({p})}, grace_s=10.0)
+        self._pids = set()

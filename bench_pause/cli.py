@@ -1,0 +1,179 @@
+"""The `bench-pause` command line.
+
+Exit status: 0 done, 1 something failed (an engine that would not start, a sweep
+stopped by --fail-fast, a regression found by `compare`), 2 bad input (reported in one
+line before any engine starts), 130 Ctrl-C, 143 SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from bench_pause.scenario import BACKENDS, MODES, ScenarioError
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INT, EXIT_TERM = 1, 2, 130, 143
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="measure pauses over a grid of scenarios",
+                       description="Runs every combination of the list-valued options, one engine per "
+                                   "(backend, dp size). Options left out come from --profile.")
+    p.add_argument("--profile", choices=["quick", "default", "full"], default=None,
+                   help="named grid (README); explicit options override its axes")
+    p.add_argument("--backend", nargs="+", choices=BACKENDS, dest="backends")
+    p.add_argument("--dp", nargs="+", type=int, dest="dp_sizes", help="data-parallel sizes")
+    p.add_argument("--mode", nargs="+", dest="modes", help=f"pause modes: {' '.join(MODES)}")
+    p.add_argument("--pause-point", nargs="+", dest="pause_points",
+                   help="prefill | tokens:N | frac:F (of max tokens)")
+    p.add_argument("--max-tokens", nargs="+", type=int, dest="max_tokens")
+    p.add_argument("--concurrency", nargs="+", type=int, help="requests in flight per measurement")
+    p.add_argument("--hold", nargs="+", type=float, dest="holds", help="seconds paused")
+    p.add_argument("--clear-cache", nargs="+", choices=["true", "false"], dest="clear_cache",
+                   help="the pause call's clear_cache (vLLM's default: true)")
+    p.add_argument("--repeats", type=int)
+    p.add_argument("--model", help="model directory or Hugging Face id (default: a generated model)")
+    p.add_argument("--engine-args", default="", help="vLLM engine flags, as `vllm serve` takes them")
+    p.add_argument("--url", help="measure this running server (http backend) instead of launching one")
+    p.add_argument("--out", type=Path, default=None, help="run directory (default: results/run-<time>)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the cell order and prompts")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first engine failure")
+    p.add_argument("--startup-timeout", type=float, default=300.0)
+    p.add_argument("--pause-timeout", type=float, default=60.0, help="limit on pause and resume calls")
+    p.add_argument("--stream-timeout", type=float, default=120.0, help="limit on streams finishing")
+
+
+def _add_make_model(sub: argparse._SubParsersAction) -> None:
+    from bench_pause.model import PRESETS
+    p = sub.add_parser("make-model", help="write a random-weights model with a generated tokenizer")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="bench-pause", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_make_model(sub)
+    return ap
+
+
+def _grid(args: argparse.Namespace):
+    from bench_pause import profiles
+    from bench_pause.scenario import Grid
+    # Without a profile, axes not given take Grid's defaults: offline, dp 1, every mode, tokens:5.
+    base = profiles.get(args.profile) if args.profile else Grid()
+    clear = [v == "true" for v in args.clear_cache] if args.clear_cache else None
+    return profiles.with_overrides(
+        base, backends=args.backends, dp_sizes=args.dp_sizes, modes=args.modes,
+        pause_points=args.pause_points, max_tokens=args.max_tokens, concurrency=args.concurrency,
+        holds=args.holds, clear_cache=clear, repeats=args.repeats)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench_pause import results, summary, sweep
+    from bench_pause.backends.base import Timeouts
+    from bench_pause.meta import now
+    from bench_pause.progress import RichProgress
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    out = args.out or Path("results") / f"run-{now().replace(':', '').replace('+0000', 'Z')}"
+    if args.resume and args.out is None:
+        raise ScenarioError("--resume needs the --out of the run to continue")
+    cfg = sweep.SweepConfig(
+        grid=_grid(args), out=out, model=args.model, engine_args=args.engine_args, url=args.url,
+        seed=args.seed, resume=args.resume, fail_fast=args.fail_fast, profile=args.profile,
+        timeouts=Timeouts(startup=args.startup_timeout, pause=args.pause_timeout,
+                          resume=args.pause_timeout, stream=args.stream_timeout))
+    progress = RichProgress()
+    plan = sweep.plan(cfg, say=progress.say)
+    if cfg.url:
+        asyncio.run(_check_url(cfg))
+    for line in plan.skipped:
+        progress.say(line)
+    code = _run_async(sweep.run(plan, progress), progress)
+    if (out / results.RUNS).exists():
+        runs = results.load(out)[0]
+        summary.print_table(summary.cells(runs), f"median per scenario ({out})")
+        not_ok = int((~runs["ok"].astype(bool)).sum())
+        if not_ok:
+            progress.say(f"[red]{not_ok} measurement(s) broke their mode's contract or failed: see runs.parquet[/red]")
+    progress.say(f"results in {out}/: runs.parquet tokens.parquet events.parquet meta.json")
+    return code
+
+
+async def _check_url(cfg) -> None:
+    """A --url that does not answer, or lacks the pause API, fails before the sweep."""
+    from bench_pause.backends.base import Timeouts
+    from bench_pause.backends.http import HttpSession
+    session = HttpSession(None, 1, Timeouts(startup=5), cfg.out, url=cfg.url)
+    try:
+        await session.start()
+    finally:
+        await session.close()
+
+
+def _run_async(coro, progress) -> int:
+    """Run the sweep; SIGTERM and Ctrl-C cancel it so every session closes first."""
+    got = {}
+
+    async def main() -> object:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, lambda: (got.setdefault("sig", EXIT_TERM), task.cancel()))
+        try:
+            return await coro
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    try:
+        outcome = asyncio.run(main())
+    except KeyboardInterrupt:
+        progress.stop()
+        progress.say("interrupted: measurements so far are on disk; continue with --resume")
+        return EXIT_INT
+    except asyncio.CancelledError:
+        progress.stop()
+        progress.say("terminated: measurements so far are on disk; continue with --resume")
+        return got.get("sig", EXIT_INT)
+    progress.stop()
+    if outcome.engine_failures or outcome.stopped_early:
+        for failure in outcome.engine_failures:
+            progress.say(f"engine failure: {failure.splitlines()[0]}")
+        return EXIT_FAILED
+    return 0
+
+
+def cmd_make_model(args: argparse.Namespace) -> int:
+    from bench_pause.model import make_model
+    path = make_model(args.preset, args.out, seed=args.seed)
+    print(f"wrote {args.preset} model to {path}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "make-model": cmd_make_model}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ScenarioError as exc:
+        print(f"bench-pause: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        from bench_pause.vllm_compat import VllmError
+        if isinstance(exc, VllmError):
+            print(f"bench-pause: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Process hygiene: find and stop every process an engine or server left behind.
+
+A benchmark that leaves a vLLM engine holding a GPU after a fault is worse than none on
+a shared box, so every backend records the processes it created and this module stops
+them: terminate, wait a grace period, then kill.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import psutil
+
+# Command-line fragments of vLLM processes (engine core, workers, the API server).
+VLLM_MARKERS = ("vllm.entrypoints", "vllm serve", "EngineCore", "VllmWorker", "DPCoordinator")
+
+
+def descendants(pid: int | None = None) -> set[int]:
+    try:
+        return {p.pid for p in psutil.Process(pid or os.getpid()).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+def stop(pids: set[int], grace_s: float = 10.0) -> None:
+    """Terminate ``pids``, then kill whatever is still alive after ``grace_s``."""
+    procs = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            procs.append(proc)
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            continue
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
+    """Stop a process started with ``start_new_session=True`` and its whole group."""
+    members = descendants(proc.pid) | {proc.pid}
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=wait_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    # Children that moved to another group (multiprocessing spawn keeps the group, but be sure).
+    stop({p for p in members if psutil.pid_exists(p)}, grace_s=2.0)
+
+
+def alive(pids: set[int]) -> bool:
+    """Whether every process in ``pids`` is still running (zombies count as dead)."""
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            return False
+    return True
+
+
+def vllm_processes() -> list[psutil.Process]:
+    """Every process on the host whose command line looks like vLLM's."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "name"]):
+        try:
+            text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["name"] or "")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if any(marker in text for marker in VLLM_MARKERS):
+            found.append(proc)
+    return found

@@ -1,0 +1,34 @@
+"""Named grids. The README documents them; asv picks one with BENCH_PAUSE_PROFILE."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from bench_pause.scenario import Grid, ScenarioError
+
+PROFILES: dict[str, Grid] = {
+    # A few minutes on a 2-core CPU (CI): every mode, both backends, dp 1 and 2.
+    "quick": Grid(backends=("offline", "http"), dp_sizes=(1, 2), modes=("keep", "abort", "wait"),
+                  pause_points=("prefill", "tokens:5"), max_tokens=(64,), concurrency=(1,),
+                  holds=(0.5,), clear_cache=(True,), repeats=2),
+    # The grid worth publishing: about 5 minutes per backend on one H100 (eager OPT-125m).
+    "default": Grid(backends=("offline", "http"), dp_sizes=(1, 2), modes=("keep", "abort", "wait"),
+                    pause_points=("prefill", "tokens:16", "frac:0.5"), max_tokens=(64, 192),
+                    concurrency=(1, 8), holds=(0.5,), clear_cache=(True,), repeats=3),
+    # Everything: hours on a GPU.
+    "full": Grid(backends=("offline", "http"), dp_sizes=(1, 2, 4), modes=("keep", "abort", "wait"),
+                 pause_points=("prefill", "tokens:1", "tokens:16", "frac:0.25", "frac:0.5", "frac:0.9"),
+                 max_tokens=(32, 128, 512), concurrency=(1, 4, 16, 64), holds=(0.1, 1.0),
+                 clear_cache=(True, False), repeats=5),
+}
+
+
+def get(name: str) -> Grid:
+    if name not in PROFILES:
+        raise ScenarioError(f"unknown profile {name!r}: choose from {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def with_overrides(grid: Grid, **axes: object) -> Grid:
+    """The grid with every axis the user gave on the command line replaced."""
+    return dataclasses.replace(grid, **{k: v for k, v in axes.items() if v is not None})

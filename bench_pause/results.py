@@ -1,0 +1,73 @@
+"""A run directory on disk: runs/tokens/events Parquet files and meta.json.
+
+Every append rewrites the files through a temporary file and ``os.replace``, so an
+interrupted sweep leaves valid files holding every measurement finished before it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from bench_pause.measure import Measurement
+
+RUNS, TOKENS, EVENTS, META = "runs.parquet", "tokens.parquet", "events.parquet", "meta.json"
+
+
+def _atomic(path: Path, write: callable) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    _atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str) + "\n"))
+
+
+def read_meta(run_dir: Path) -> dict:
+    path = Path(run_dir) / META
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+class RunDir:
+    """Appends measurements to a run directory, keeping what is already there."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.runs = self._read(RUNS)
+        self.tokens = self._read(TOKENS)
+        self.events = self._read(EVENTS)
+
+    def _read(self, name: str) -> pd.DataFrame:
+        file = self.path / name
+        return pd.read_parquet(file) if file.exists() else pd.DataFrame()
+
+    def next_id(self) -> int:
+        return int(self.runs["measurement"].max()) + 1 if len(self.runs) else 0
+
+    def append(self, m: Measurement, extra: dict) -> int:
+        """Store one measurement (scenario, metrics and ``extra`` columns); returns its id."""
+        mid = self.next_id()
+        row = {"measurement": mid, **m.scenario.as_dict(), **extra, **m.metrics}
+        self.runs = pd.concat([self.runs, pd.DataFrame([row])], ignore_index=True)
+        self.tokens = pd.concat([self.tokens, m.tokens.assign(measurement=mid)], ignore_index=True)
+        self.events = pd.concat([self.events, m.events.assign(measurement=mid)], ignore_index=True)
+        self.flush()
+        return mid
+
+    def flush(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name, df in ((RUNS, self.runs), (TOKENS, self.tokens), (EVENTS, self.events)):
+            _atomic(self.path / name, lambda tmp, df=df: df.to_parquet(tmp, index=False))
+
+
+def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+    """runs, tokens, events and meta of a finished (or interrupted) run directory."""
+    run_dir = Path(run_dir)
+    if not (run_dir / RUNS).exists():
+        raise FileNotFoundError(f"{run_dir} holds no {RUNS}: not a bench-pause run directory")
+    rd = RunDir(run_dir)
+    return rd.runs, rd.tokens, rd.events, read_meta(run_dir)

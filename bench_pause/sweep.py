@@ -1,0 +1,231 @@
+"""The sweep runner: one engine per (backend, dp size) group, cells in seeded random order.
+
+``plan`` validates everything a user can get wrong before any engine starts (so bad
+input costs a second, not a start-up). ``run`` then starts each group's engine once,
+discards a warm-up pause (kept on disk, marked ``warmup``), measures every cell, and
+appends each measurement to the run directory as it finishes. A dead or hung engine is
+recorded against the cell that saw it and restarted (or the sweep stops, with
+``fail_fast``). Sessions are closed on every exit path, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from bench_pause import meta, vllm_compat
+from bench_pause.backends.base import Session, StartupFailed, Timeouts
+from bench_pause.measure import measure
+from bench_pause.results import META, RunDir, read_meta, write_json
+from bench_pause.scenario import Grid, Scenario, ScenarioError, group_by_engine
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class SweepConfig:
+    grid: Grid
+    out: Path
+    model: str | None = None
+    engine_args: str = ""
+    url: str | None = None
+    seed: int = 0
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    resume: bool = False
+    fail_fast: bool = False
+    profile: str | None = None
+
+
+@dataclass
+class Plan:
+    config: SweepConfig
+    engine: vllm_compat.EngineConfig | None
+    groups: dict[tuple[str, int], list[Scenario]]
+    total: int
+    skipped: list[str]
+
+
+def _check_out_dir(out: Path) -> None:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ScenarioError(f"output {out} exists and is not a directory")
+    existing = out if out.exists() else next((p for p in out.absolute().parents if p.exists()), Path("/"))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ScenarioError(f"output directory {out} is not writable")
+    if out.exists() and not os.access(out, os.R_OK):
+        raise ScenarioError(f"output directory {out} is not readable")
+
+
+_HF_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def resolve_model(model: str) -> str:
+    """A local model directory (made absolute) or a Hugging Face id that can be loaded."""
+    path = Path(model).expanduser()
+    if path.exists():
+        return str(path.absolute())
+    if not _HF_ID.match(model):
+        raise ScenarioError(f"model path {model} does not exist")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from bench_pause.model import hf_cached
+        if not hf_cached(model):
+            raise ScenarioError(f"model {model} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1")
+    return model
+
+
+def plan(cfg: SweepConfig, say: Say = print) -> Plan:
+    """Validate the sweep and work out what to run; raises ScenarioError/VllmError."""
+    scenarios = cfg.grid.scenarios()
+    _check_out_dir(cfg.out)
+    if cfg.url and len(set(cfg.grid.dp_sizes)) > 1 and "http" in cfg.grid.backends:
+        raise ScenarioError("with --url the server's data parallelism is fixed: give one --dp")
+    engine = None
+    if any(sc.backend == "offline" for sc in scenarios) or not cfg.url:
+        api = vllm_compat.pause_api()
+        vllm_compat.check_modes(api, list(cfg.grid.modes))
+        gpu = vllm_compat.on_gpu()
+        if cfg.model:
+            model = resolve_model(cfg.model)
+        else:
+            from bench_pause.model import default_model
+            model = default_model(gpu)
+        engine = vllm_compat.engine_config(model, cfg.engine_args, gpu)
+        if gpu:
+            gpus = vllm_compat.gpu_count()
+            too_big = sorted({sc.dp_size for sc in scenarios if sc.dp_size > gpus})
+            if too_big:
+                say(f"skipping dp size {', '.join(map(str, too_big))}: this host has {gpus} GPU(s)")
+                scenarios = [sc for sc in scenarios if sc.dp_size <= gpus]
+    done = set()
+    if cfg.resume:
+        runs = RunDir(cfg.out).runs
+        if len(runs):
+            measured = runs[~runs["warmup"]]
+            done = {tuple(r) for r in measured[Scenario.columns()].itertuples(index=False)}
+    todo = [sc for sc in scenarios if tuple(sc.as_dict().values()) not in done]
+    skipped = [f"{len(scenarios) - len(todo)} cells already measured"] if done else []
+    return Plan(cfg, engine, group_by_engine(todo, cfg.seed), len(todo), skipped)
+
+
+def _session(p: Plan, backend: str, dp_size: int) -> Session:
+    cfg = p.config
+    if backend == "offline":
+        from bench_pause.backends.offline import OfflineSession
+        return OfflineSession(p.engine, dp_size, cfg.timeouts)
+    from bench_pause.backends.http import HttpSession
+    return HttpSession(p.engine if not cfg.url else None, dp_size, cfg.timeouts, cfg.out, url=cfg.url)
+
+
+class Progress:
+    """What the runner reports as it goes; the CLI draws it, tests ignore it."""
+
+    def start(self, total: int) -> None: ...
+    def cell(self, label: str) -> None: ...
+    def advance(self) -> None: ...
+    def say(self, text: str) -> None: ...
+
+
+@dataclass
+class Outcome:
+    run_dir: RunDir
+    measured: int = 0
+    failed: int = 0
+    engine_failures: list[str] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+async def run(p: Plan, progress: Progress | None = None) -> Outcome:
+    """Run the planned sweep; every measurement is on disk as soon as it is made."""
+    progress = progress or Progress()
+    cfg = p.config
+    rundir = RunDir(cfg.out)
+    info = read_meta(cfg.out) if cfg.resume else {}
+    info.update(meta.environment())
+    info.setdefault("started", meta.now())
+    info.setdefault("engines", [])
+    info.update({
+        "model": p.engine.model if p.engine else None,
+        "engine_args": list(p.engine.args) if p.engine else None,
+        "pause_api": vllm_compat.pause_api() if p.engine else None,
+        "seed": cfg.seed, "profile": cfg.profile, "grid": cfg.grid.__dict__, "url": cfg.url,
+        "timeouts": cfg.timeouts.__dict__, "skipped": p.skipped,
+    })
+    info.setdefault("runs", []).append({"started": meta.now(), "cells": p.total, "resume": cfg.resume})
+    meta_path = Path(cfg.out) / META
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    write_json(meta_path, info)
+    rng = random.Random(cfg.seed)
+    outcome = Outcome(rundir)
+    progress.start(p.total)
+    try:
+        for (backend, dp_size), cells in p.groups.items():
+            queue = list(cells)
+            while queue:
+                session = _session(p, backend, dp_size)
+                engine_no = len(info["engines"])
+                entry = {"engine": engine_no, "backend": backend, "dp_size": dp_size, "started": meta.now()}
+                info["engines"].append(entry)
+                progress.say(f"starting {backend} engine (dp {dp_size})")
+                try:
+                    await session.start()
+                except (StartupFailed, RuntimeError) as exc:
+                    entry.update(error=str(exc).splitlines()[0], retries=session.info.retries)
+                    write_json(meta_path, info)
+                    await session.close()
+                    outcome.engine_failures.append(f"{backend} dp{dp_size}: {exc}")
+                    progress.say(f"[red]{backend} dp {dp_size} engine failed to start:[/red] {exc}")
+                    for _ in queue:
+                        progress.advance()
+                    break
+                entry.update(startup_s=session.info.startup_s, retries=session.info.retries,
+                             engine_args=session.info.engine_args, **session.info.extra)
+                write_json(meta_path, info)
+                try:
+                    queue = await _run_cells(session, queue, rundir, engine_no, cfg, rng, progress, outcome)
+                finally:
+                    await session.close()
+                if queue and cfg.fail_fast:
+                    outcome.stopped_early = True
+                    return outcome
+    finally:
+        info["finished"] = meta.now()
+        info["measured"] = int((~rundir.runs["warmup"]).sum()) if len(rundir.runs) else 0
+        write_json(meta_path, info)
+    return outcome
+
+
+async def _run_cells(session: Session, queue: list[Scenario], rundir: RunDir, engine_no: int,
+                     cfg: SweepConfig, rng: random.Random, progress: Progress, outcome: Outcome) -> list[Scenario]:
+    """Measure cells on one engine until done or the engine breaks; returns what is left."""
+    pause_index = 0
+    warm = queue[0]
+    progress.cell(f"warm-up: {warm.label}")
+    m = await measure(session, warm, cfg.timeouts, rng)
+    rundir.append(m, {"warmup": True, "engine": engine_no, "pause_index": pause_index})
+    pause_index += 1
+    if m.engine_broken:
+        progress.say(f"[red]engine broke during warm-up:[/red] {m.metrics['error']}")
+        return queue
+    while queue:
+        sc = queue.pop(0)
+        progress.cell(sc.label)
+        t0 = time.monotonic()
+        m = await measure(session, sc, cfg.timeouts, rng)
+        rundir.append(m, {"warmup": False, "engine": engine_no, "pause_index": pause_index,
+                          "wall_s": time.monotonic() - t0})
+        pause_index += 1
+        outcome.measured += 1
+        progress.advance()
+        if m.metrics["error"]:
+            outcome.failed += 1
+            progress.say(f"[red]{sc.label}: {m.metrics['error']}[/red]")
+        if m.engine_broken:
+            progress.say("restarting the engine" if not cfg.fail_fast else "stopping (--fail-fast)")
+            return queue
+    return queue

@@ -1,0 +1,59 @@
+"""The trace of one measured pause: every token arrival and every control event.
+
+Times are client ``time.monotonic()`` seconds. Engine-side timestamps (vLLM's
+``RequestOutput.metrics``) are CLOCK_MONOTONIC on the same host, so they are
+comparable; they are NaN where the backend does not expose them (HTTP).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+TOKEN_COLUMNS = ["request", "index", "n_tokens", "t", "engine_t"]
+EVENT_COLUMNS = ["event", "request", "t", "detail"]
+
+# Control events, in the order they normally happen.
+SUBMIT = "submit"
+PAUSE_CALL = "pause_call"
+PAUSE_RETURN = "pause_return"
+RESUME_CALL = "resume_call"
+RESUME_RETURN = "resume_return"
+FINISH = "finish"
+
+
+@dataclass
+class Trace:
+    """Mutable recorder used while a measurement runs; frozen into DataFrames after."""
+
+    tokens: list[tuple[int, int, int, float, float]] = field(default_factory=list)
+    events: list[tuple[str, int, float, str]] = field(default_factory=list)
+    _counts: dict[int, int] = field(default_factory=dict)
+
+    def token(self, request: int, n_tokens: int, engine_t: float | None = None) -> int:
+        """Record one streamed output carrying ``n_tokens`` new tokens; returns the running count."""
+        now = time.monotonic()
+        index = self._counts.get(request, 0)
+        self._counts[request] = index + n_tokens
+        self.tokens.append((request, index, n_tokens, now, math.nan if engine_t is None else engine_t))
+        return index + n_tokens
+
+    def event(self, name: str, request: int = -1, detail: str = "", t: float | None = None) -> float:
+        now = time.monotonic() if t is None else t
+        self.events.append((name, request, now, detail))
+        return now
+
+    def count(self, request: int) -> int:
+        return self._counts.get(request, 0)
+
+    def tokens_frame(self) -> pd.DataFrame:
+        df = pd.DataFrame(self.tokens, columns=TOKEN_COLUMNS)
+        return df.astype({"request": "int64", "index": "int64", "n_tokens": "int64",
+                          "t": "float64", "engine_t": "float64"})
+
+    def events_frame(self) -> pd.DataFrame:
+        df = pd.DataFrame(self.events, columns=EVENT_COLUMNS)
+        return df.astype({"event": "string", "request": "int64", "t": "float64", "detail": "string"})

@@ -1,0 +1,91 @@
+"""Shared real engines and the no-orphan check.
+
+Engine start-up costs tens of seconds on the CI host, so one AsyncLLM and one HTTP
+server serve every test of a session. Tests marked ``engine`` are checked afterwards:
+a vLLM process that is not one of the shared engines' fails the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from bench_pause import procs, vllm_compat
+from bench_pause.backends.base import Timeouts
+
+FIXTURES = Path(__file__).parent / "fixtures"
+_shared_pids: set[int] = set()
+
+
+@pytest.fixture(scope="session")
+def loop():
+    """One event loop for the session: engines are bound to the loop they started on."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    from bench_pause.model import default_model
+    return default_model(on_gpu=vllm_compat.on_gpu())
+
+
+@pytest.fixture(scope="session")
+def engine_config(model_path):
+    return vllm_compat.engine_config(model_path, "", gpu=vllm_compat.on_gpu())
+
+
+def _shared(loop, session):
+    before = procs.descendants()
+    loop.run_until_complete(session.start())
+    _shared_pids.update(procs.descendants() - before)
+    return session
+
+
+@pytest.fixture(scope="session")
+def offline_session(loop, engine_config):
+    from bench_pause.backends.offline import OfflineSession
+    session = _shared(loop, OfflineSession(engine_config, 1, Timeouts(startup=300)))
+    yield session
+    loop.run_until_complete(session.close())
+
+
+@pytest.fixture(scope="session")
+def http_session(loop, engine_config, tmp_path_factory):
+    from bench_pause.backends.http import HttpSession
+    log_dir = tmp_path_factory.mktemp("server-log")
+    session = _shared(loop, HttpSession(engine_config, 1, Timeouts(startup=300), log_dir))
+    yield session
+    loop.run_until_complete(session.close())
+
+
+@pytest.fixture
+def measure_on(loop):
+    """measure_on(session, scenario) -> Measurement, on the shared loop."""
+    from bench_pause.measure import measure
+
+    def run(session, scenario, timeouts: Timeouts | None = None):
+        return loop.run_until_complete(measure(session, scenario, timeouts or Timeouts(), random.Random(0)))
+    return run
+
+
+def _strays() -> list[str]:
+    return [f"{p.pid} {' '.join(p.cmdline())[:120]}" for p in procs.vllm_processes()
+            if p.pid not in _shared_pids and p.pid != os.getpid()]
+
+
+@pytest.fixture(autouse=True)
+def no_orphans(request):
+    """After an engine test, no vLLM process may remain but the shared engines'."""
+    yield
+    if request.node.get_closest_marker("engine") is None:
+        return
+    strays = _strays()
+    if strays:
+        procs.stop({int(s.split()[0]) for s in strays}, grace_s=2)
+        pytest.fail("vLLM processes outlived the test:\n" + "\n".join(strays))
