@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -56,11 +57,22 @@ def _add_make_model(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _add_plot_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="figures of run directories (PNG and SVG)")
+    p.add_argument("run_dirs", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    r = sub.add_parser("report", help="docs/index.md with figures and tables, from run directories")
+    r.add_argument("run_dirs", nargs="+", type=Path)
+    r.add_argument("--out", type=Path, default=Path("docs"))
+    r.add_argument("--title", default="bench-pause results")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="bench-pause", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
     _add_run(sub)
     _add_make_model(sub)
+    _add_plot_report(sub)
     return ap
 
 
@@ -157,10 +169,35 @@ def cmd_make_model(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "make-model": cmd_make_model}
+def _check_run_dirs(dirs: list[Path]) -> None:
+    for d in dirs:
+        if not (d / "runs.parquet").exists():
+            raise ScenarioError(f"{d} is not a bench-pause run directory (no runs.parquet)")
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from bench_pause import plots
+    _check_run_dirs(args.run_dirs)
+    for name, paths in plots.plot_all(args.run_dirs, args.out).items():
+        print(f"{name}: {' '.join(map(str, paths))}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench_pause import report
+    _check_run_dirs(args.run_dirs)
+    print(f"wrote {report.write(args.run_dirs, args.out, title=args.title)}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "make-model": cmd_make_model, "plot": cmd_plot, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
+    # vLLM logs a few warnings while importing, before its own logging is configured; they
+    # would land on stderr through logging's last-resort handler and bury our one-line
+    # errors. Once vLLM configures logging (VLLM_LOGGING_LEVEL), its handlers take over.
+    logging.getLogger("vllm").addHandler(logging.NullHandler())
     args = parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

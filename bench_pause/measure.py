@@ -62,6 +62,16 @@ async def _until_admitted(session: Session, n: int, timeout: float) -> None:
         await asyncio.sleep(0.0005)
 
 
+async def _dies_soon(session: Session, grace_s: float = 2.0) -> bool:
+    """Whether the engine is dead or dies within ``grace_s``: a dropped connection is
+    often seen before the server's process has finished exiting."""
+    for _ in range(int(grace_s / 0.1)):
+        if not session.alive():
+            return True
+        await asyncio.sleep(0.1)
+    return not session.alive()
+
+
 async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: random.Random) -> Measurement:
     """Run one scenario on ``session``; never raises for engine faults, records them."""
     trace = tr.Trace()
@@ -98,14 +108,13 @@ async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: rando
     except asyncio.TimeoutError:
         error, broken = f"timeout: {phase}", True
     except Exception as exc:  # an engine fault is a result, not a crash of the sweep
-        error = f"{phase}: {type(exc).__name__}: {exc}".strip()
-        broken = not session.alive()
+        error, broken = f"{phase}: {type(exc).__name__}: {exc}".strip(), True
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    if error and not session.alive():
-        error, broken = f"engine died ({error})", True
+    if error and await _dies_soon(session):
+        error = f"engine died ({error})"
     tokens, events = trace.tokens_frame(), trace.events_frame()
     values = metrics.compute(tokens, events, sc.mode, sc.max_tokens, sc.concurrency, sc.hold_s, error=error)
     return Measurement(sc, tokens, events, values, broken)

@@ -71,14 +71,14 @@ def alive(pids: set[int]) -> bool:
     return True
 
 
-def vllm_processes() -> list[psutil.Process]:
-    """Every process on the host whose command line looks like vLLM's."""
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline", "name"]):
-        try:
-            text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["name"] or "")
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
+def vllm_processes() -> dict[int, str]:
+    """pid -> command line of every live process on the host that looks like vLLM's."""
+    found = {}
+    for proc in psutil.process_iter(["pid", "cmdline", "name", "status"]):
+        info = proc.info
+        if info["status"] == psutil.STATUS_ZOMBIE:
+            continue  # already dead, only waiting to be reaped
+        text = " ".join(info["cmdline"] or []) + " " + (info["name"] or "")
         if any(marker in text for marker in VLLM_MARKERS):
-            found.append(proc)
+            found[info["pid"]] = text.strip()
     return found

@@ -13,7 +13,7 @@ PROFILES: dict[str, Grid] = {
                   holds=(0.5,), clear_cache=(True,), repeats=2),
     # The grid worth publishing: about 5 minutes per backend on one H100 (eager OPT-125m).
     "default": Grid(backends=("offline", "http"), dp_sizes=(1, 2), modes=("keep", "abort", "wait"),
-                    pause_points=("prefill", "tokens:16", "frac:0.5"), max_tokens=(64, 192),
+                    pause_points=("prefill", "tokens:16", "frac:0.5"), max_tokens=(32, 128),
                     concurrency=(1, 8), holds=(0.5,), clear_cache=(True,), repeats=3),
     # Everything: hours on a GPU.
     "full": Grid(backends=("offline", "http"), dp_sizes=(1, 2, 4), modes=("keep", "abort", "wait"),

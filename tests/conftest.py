@@ -75,8 +75,8 @@ def measure_on(loop):
 
 
 def _strays() -> list[str]:
-    return [f"{p.pid} {' '.join(p.cmdline())[:120]}" for p in procs.vllm_processes()
-            if p.pid not in _shared_pids and p.pid != os.getpid()]
+    return [f"{pid} {cmd[:120]}" for pid, cmd in procs.vllm_processes().items()
+            if pid not in _shared_pids and pid != os.getpid()]
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,237 @@
+"""Figures of one or more run directories: timeline, time to pause, gap, leak.
+
+Every figure names the vLLM version, device, model and date in its footer, uses the same
+colour per mode, puts units on its axes, and is written as PNG and SVG.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bench_pause import results, summary, trace as tr  # noqa: E402
+
+MODE_COLORS = {"keep": "#1f77b4", "abort": "#d62728", "wait": "#2ca02c"}
+MODES = list(MODE_COLORS)
+
+
+@dataclass
+class Runs:
+    """Several run directories read as one: measurement keys are ``run:measurement``."""
+
+    runs: pd.DataFrame
+    tokens: pd.DataFrame
+    events: pd.DataFrame
+    metas: dict[str, dict]
+
+    @classmethod
+    def load(cls, dirs: list[Path]) -> "Runs":
+        parts: list[tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]] = []
+        metas = {}
+        for d in dirs:
+            runs, tokens, events, meta = results.load(d)
+            name = Path(d).name
+            metas[name] = meta
+            parts.append(tuple(df.assign(run=name, key=name + ":" + df["measurement"].astype(str))
+                               for df in (runs, tokens, events)))
+        return cls(*(pd.concat([p[i] for p in parts], ignore_index=True) for i in range(3)), metas)
+
+    @property
+    def measured(self) -> pd.DataFrame:
+        return summary.measured(self.runs)
+
+    def footer(self) -> str:
+        seen = []
+        for meta in self.metas.values():
+            model = Path(str(meta.get("model", "?"))).name
+            line = (f"vLLM {meta.get('vllm_version', '?')} ({meta.get('vllm_distribution', '?')}), "
+                    f"{meta.get('device', '?')}, model {model}, {str(meta.get('started', '?'))[:10]}")
+            if line not in seen:
+                seen.append(line)
+        return " | ".join(seen)
+
+
+def _save(fig: plt.Figure, out: Path, name: str, data: Runs) -> list[Path]:
+    fig.text(0.01, 0.005, data.footer(), fontsize=7, color="#555555", ha="left", va="bottom")
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.svg"]
+    for p in paths:
+        fig.savefig(p, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def _representative(measured: pd.DataFrame, backend: str, mode: str) -> pd.Series | None:
+    """The measurement closest to the median gap (or pause time) of its mode and backend,
+    preferring the most concurrent streams, so the timeline shows a typical pause."""
+    rows = measured[(measured["backend"] == backend) & (measured["mode"] == mode) & (measured["error"] == "")]
+    if not len(rows):
+        return None
+    rows = rows[rows["concurrency"] == rows["concurrency"].max()]
+    rows = rows[rows["pause_point"] != "prefill"] if (rows["pause_point"] != "prefill").any() else rows
+    metric = "gap_s" if rows["gap_s"].notna().any() else "pause_api_s"
+    target = rows[metric].median()
+    return rows.loc[(rows[metric] - target).abs().idxmin()]
+
+
+def timeline(data: Runs, out: Path) -> list[Path]:
+    """Token arrivals per request against time around one typical pause per mode and backend."""
+    backends = sorted(data.measured["backend"].unique())
+    fig, axes = plt.subplots(len(MODES), len(backends), figsize=(6.5 * len(backends), 2.6 * len(MODES)),
+                             squeeze=False, sharex=True)
+    for col, backend in enumerate(backends):
+        for row, mode in enumerate(MODES):
+            ax = axes[row][col]
+            run = _representative(data.measured, backend, mode)
+            if run is None:
+                ax.set_axis_off()
+                continue
+            tokens = data.tokens[data.tokens["key"] == run["key"]]
+            events = data.events[data.events["key"] == run["key"]]
+            t0 = events.loc[events["event"] == tr.PAUSE_CALL, "t"].iloc[0]
+            at = {e: events.loc[events["event"] == e, "t"].iloc[0] - t0
+                  for e in (tr.PAUSE_RETURN, tr.RESUME_CALL) if (events["event"] == e).any()}
+            ax.scatter(tokens["t"] - t0, tokens["request"], s=6, color=MODE_COLORS[mode], lw=0)
+            if tr.PAUSE_RETURN in at and tr.RESUME_CALL in at:
+                ax.axvspan(at[tr.PAUSE_RETURN], at[tr.RESUME_CALL], color="#dddddd", zorder=0, label="hold")
+            ax.axvline(0, color="black", lw=1, label="pause call")
+            for name, style in ((tr.PAUSE_RETURN, ":"), (tr.RESUME_CALL, "--")):
+                if name in at:
+                    ax.axvline(at[name], color="black", lw=1, ls=style, label=name.replace("_", " "))
+            if not np.isnan(run["resume_ttft_s"]):
+                first = at[tr.RESUME_CALL] + run["resume_ttft_s"]
+                ax.axvline(first, color="#9467bd", lw=1, label="first token after resume")
+            note = f"pause API {run['pause_api_s'] * 1e3:.1f} ms, quiesce {run['quiesce_s'] * 1e3:.1f} ms"
+            if not np.isnan(run["gap_s"]):
+                note += f"\ngap {run['gap_s'] * 1e3:.0f} ms (hold {run['hold_s'] * 1e3:.0f} ms)"
+            note += f"\nleak {int(run['leak_tokens'])} tokens"
+            ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center", fontsize=8,
+                    bbox=dict(facecolor="white", alpha=0.8, lw=0))
+            ax.set_title(f"{backend}, {mode}: dp {run['dp_size']}, pause at {run['pause_point']}, "
+                         f"{run['max_tokens']} tokens x {run['concurrency']}", fontsize=9)
+            ax.set_ylabel("request")
+            ax.set_yticks(range(int(run["concurrency"])) if run["concurrency"] <= 8 else [])
+            ax.set_ylim(-0.6, run["concurrency"] - 0.4)
+            if row == len(MODES) - 1:
+                ax.set_xlabel("time since pause call (s)")
+    handles, labels = next((a.get_legend_handles_labels() for a in axes.flat if a.get_legend_handles_labels()[0]),
+                           ([], []))
+    fig.suptitle("One typical pause per mode: token arrivals per request")
+    fig.tight_layout(rect=(0, 0.02, 1, 0.95))
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.96), ncol=5, fontsize=8, frameon=False)
+    return _save(fig, out, "timeline", data)
+
+
+def _facets(measured: pd.DataFrame) -> list[tuple[str, int]]:
+    return sorted({(b, int(d)) for b, d in zip(measured["backend"], measured["dp_size"])})
+
+
+def _strip(ax: plt.Axes, groups: list[tuple[str, pd.Series]], colors: list[str], scale: float) -> None:
+    """Each group's samples as points over a box: the spread across repeats, not a bare bar."""
+    data = [g.dropna().to_numpy() * scale for _, g in groups]
+    positions = np.arange(len(groups))
+    if any(len(d) for d in data):
+        ax.boxplot([d if len(d) else [np.nan] for d in data], positions=positions, widths=0.5,
+                   showfliers=False, medianprops=dict(color="black"))
+    rng = np.random.default_rng(0)
+    for x, d, c in zip(positions, data, colors):
+        ax.scatter(x + rng.uniform(-0.15, 0.15, len(d)), d, s=10, color=c, alpha=0.8, zorder=3)
+    ax.set_xticks(positions, [label for label, _ in groups], rotation=45, ha="right", fontsize=8)
+
+
+def time_to_pause(data: Runs, out: Path) -> list[Path]:
+    """pause_api_s and quiesce_s by mode and pause point, per backend and dp size."""
+    m = data.measured
+    facets = _facets(m)
+    fig, axes = plt.subplots(2, len(facets), figsize=(4.8 * len(facets), 7.5), squeeze=False, sharey="row")
+    for col, (backend, dp) in enumerate(facets):
+        cell = m[(m["backend"] == backend) & (m["dp_size"] == dp)]
+        keys = [(mode, pp) for mode in MODES for pp in sorted(cell["pause_point"].unique())
+                if ((cell["mode"] == mode) & (cell["pause_point"] == pp)).any()]
+        for row, metric in enumerate(("pause_api_s", "quiesce_s")):
+            ax = axes[row][col]
+            groups = [(f"{mode} @{pp}", cell[(cell["mode"] == mode) & (cell["pause_point"] == pp)][metric])
+                      for mode, pp in keys]
+            _strip(ax, groups, [MODE_COLORS[mode] for mode, _ in keys], 1e3)
+            itl = cell["itl_median_s"].median() * 1e3
+            if not np.isnan(itl):
+                ax.axhline(itl, color="#888888", ls="--", lw=1, label=f"one decode step ({itl:.1f} ms)")
+                ax.legend(fontsize=8, loc="upper left")
+            ax.set_title(f"{backend}, dp {dp}: {metric.removesuffix('_s').replace('_', ' ')}", fontsize=10)
+            ax.set_ylabel(("pause call to return" if row == 0 else "pause call to last token") + " (ms)")
+            ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Time to pause, by mode and pause point (points: repeats)")
+    fig.tight_layout()
+    return _save(fig, out, "time_to_pause", data)
+
+
+def gap(data: Runs, out: Path) -> list[Path]:
+    """gap_excess_s and resume_ttft_s of keep pauses by max_tokens and concurrency."""
+    m = data.measured
+    m = m[m["mode"] == "keep"]
+    facets = _facets(m)
+    fig, axes = plt.subplots(2, max(len(facets), 1), figsize=(4.8 * max(len(facets), 1), 7), squeeze=False,
+                             sharey="row")
+    for col, (backend, dp) in enumerate(facets):
+        cell = m[(m["backend"] == backend) & (m["dp_size"] == dp)]
+        keys = sorted({(int(a), int(b)) for a, b in zip(cell["max_tokens"], cell["concurrency"])})
+        for row, (metric, label) in enumerate((("gap_excess_s", "gap minus hold (ms)"),
+                                               ("resume_ttft_s", "resume call to first token (ms)"))):
+            ax = axes[row][col]
+            groups = [(f"{mt} tok x{c}", cell[(cell["max_tokens"] == mt) & (cell["concurrency"] == c)][metric])
+                      for mt, c in keys]
+            _strip(ax, groups, [MODE_COLORS["keep"]] * len(groups), 1e3)
+            ax.set_title(f"{backend}, dp {dp}", fontsize=10)
+            ax.set_ylabel(label)
+            ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("What a keep pause adds beyond the hold, by max_tokens and streams")
+    fig.tight_layout()
+    return _save(fig, out, "gap", data)
+
+
+def leak(data: Runs, out: Path) -> list[Path]:
+    """Tokens delivered while paused, by mode: zeros on a correct engine, loud otherwise."""
+    m = data.measured
+    facets = _facets(m)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(facets) * len(MODES)), 4))
+    labels, totals, colors, counts = [], [], [], []
+    for backend, dp in facets:
+        for mode in MODES:
+            cell = m[(m["backend"] == backend) & (m["dp_size"] == dp) & (m["mode"] == mode)]
+            if not len(cell):
+                continue
+            labels.append(f"{backend} dp{dp}\n{mode}")
+            totals.append(int(cell["leak_tokens"].sum()))
+            counts.append(f"{int((cell['leak_tokens'] > 0).sum())}/{len(cell)} pauses leaked")
+            colors.append(MODE_COLORS[mode])
+    x = np.arange(len(labels))
+    ax.bar(x, totals, color=[c if t == 0 else "red" for c, t in zip(colors, totals)])
+    for xi, total, note in zip(x, totals, counts):
+        ax.text(xi, max(total, 0) + 0.05, f"{total}\n{note}", ha="center", va="bottom", fontsize=8,
+                color="red" if total else "black", fontweight="bold" if total else "normal")
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("tokens delivered while paused (sum)")
+    ax.set_ylim(0, max(max(totals, default=0) * 1.4, 1))
+    leaked = sum(totals)
+    ax.set_title("LEAK: tokens delivered while paused" if leaked else
+                 "No token was delivered while paused (leak = 0 in every pause)",
+                 color="red" if leaked else "black", fontweight="bold")
+    fig.tight_layout()
+    return _save(fig, out, "leak", data)
+
+
+FIGURES = {"timeline": timeline, "time_to_pause": time_to_pause, "gap": gap, "leak": leak}
+
+
+def plot_all(dirs: list[Path], out: Path) -> dict[str, list[Path]]:
+    data = Runs.load(dirs)
+    if not len(data.measured):
+        raise ValueError("no measured pauses in " + ", ".join(map(str, dirs)))
+    return {name: fn(data, Path(out)) for name, fn in FIGURES.items()}

@@ -1,0 +1,103 @@
+"""asv suite: what a pause costs, per backend, over dp size, mode, pause point, max_tokens
+and concurrency.
+
+One sweep per backend runs in ``setup_cache`` (one engine per dp size, not one per
+parameter combination), through the same ``bench-pause run`` a user runs; the track_
+benchmarks then read its measurements. The grid is a named profile, chosen with
+BENCH_PAUSE_PROFILE (default: quick). Combinations the host cannot run (dp larger than
+its GPUs) have no measurements and are skipped.
+
+Each track_ benchmark returns ``{"samples": [...], "number": 1}``: asv 0.6's runner
+treats any result of that shape like a timing benchmark's, so it stores the per-repeat
+samples, reports their median and computes the 99% confidence interval and quartiles
+that `asv compare` uses to call a change significant. A plain number would give asv a
+single value and no spread.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from bench_pause import profiles
+
+PROFILE = os.environ.get("BENCH_PAUSE_PROFILE", "quick")
+GRID = profiles.get(PROFILE)
+SWEEPS = Path(os.environ.get("BENCH_PAUSE_ASV_SWEEPS", Path(__file__).resolve().parents[1] / "results" / "asv-sweeps"))
+
+
+def sweep(backend: str) -> pd.DataFrame:
+    """Run the profile's grid for one backend with the bench-pause CLI; its measurements."""
+    out = SWEEPS / f"{PROFILE}-{backend}-{time.strftime('%Y%m%dT%H%M%S')}"
+    cmd = [sys.executable, "-m", "bench_pause", "run", "--profile", PROFILE, "--backend", backend,
+           "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not (out / "runs.parquet").exists():
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    runs = pd.read_parquet(out / "runs.parquet")
+    return runs[~runs["warmup"]]
+
+
+class _Pause:
+    backend = ""
+    param_names = ["dp_size", "mode", "pause_point", "max_tokens", "concurrency"]
+    params = [list(GRID.dp_sizes), list(GRID.modes), list(GRID.pause_points), list(GRID.max_tokens),
+              list(GRID.concurrency)]
+    timeout = 7200  # engine start-ups (tens of seconds to minutes each) and the whole sweep
+    number = 1
+    repeat = 1
+
+    def setup_cache(self) -> pd.DataFrame:
+        return sweep(self.backend)
+
+    def setup(self, runs: pd.DataFrame, dp_size: int, mode: str, pause_point: str, max_tokens: int,
+              concurrency: int) -> None:
+        cell = runs[(runs["dp_size"] == dp_size) & (runs["mode"] == mode) & (runs["pause_point"] == pause_point)
+                    & (runs["max_tokens"] == max_tokens) & (runs["concurrency"] == concurrency)]
+        if not len(cell):
+            raise NotImplementedError("not measured on this host (dp size larger than its GPUs?)")
+        self.cell = cell
+
+    def _samples(self, metric: str) -> dict | float:
+        values = [float(v) for v in self.cell[metric] if not math.isnan(float(v))]
+        return {"samples": values, "number": 1} if values else math.nan
+
+    def track_pause_api_s(self, *_: object) -> dict | float:
+        return self._samples("pause_api_s")
+
+    def track_quiesce_s(self, *_: object) -> dict | float:
+        return self._samples("quiesce_s")
+
+    def track_gap_excess_s(self, *_: object) -> dict | float:
+        return self._samples("gap_excess_s")
+
+    def track_resume_ttft_s(self, *_: object) -> dict | float:
+        return self._samples("resume_ttft_s")
+
+    def track_leak_tokens(self, *_: object) -> float:
+        return float(self.cell["leak_tokens"].max())
+
+    def track_not_ok(self, *_: object) -> float:
+        """Measurements that broke their mode's contract: 0 on a correct engine."""
+        return float((~self.cell["ok"].astype(bool)).sum())
+
+    track_pause_api_s.unit = track_quiesce_s.unit = track_gap_excess_s.unit = "seconds"
+    track_resume_ttft_s.unit = "seconds"
+    track_leak_tokens.unit = "tokens"
+    track_not_ok.unit = "measurements"
+
+
+class Offline(_Pause):
+    """In-process AsyncLLM."""
+    backend = "offline"
+
+
+class Http(_Pause):
+    """vLLM's OpenAI-compatible server (VLLM_SERVER_DEV_MODE=1), launched by the sweep."""
+    backend = "http"

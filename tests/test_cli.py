@@ -1,0 +1,92 @@
+"""The command line as a user runs it: bad input, and one real run end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from bench_pause import vllm_compat
+
+
+def bench_pause(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench_pause", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("bench-pause: error:") and needle in lines[0]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--mode", "freeze"], "unknown pause mode"),
+    (["--pause-point", "tokens"], "bad pause point"),
+    (["--pause-point", "tokens:100", "--max-tokens", "64"], "not before the end"),
+    (["--model", "/no/such/model"], "does not exist"),
+    (["--model", "not a model"], "does not exist"),
+    (["--engine-args", "--no-such-flag 3"], "engine arguments"),
+    (["--repeats", "0"], "repeats"),
+])
+def test_bad_input_fails_before_any_engine(tmp_path, args, needle):
+    r = bench_pause("run", *args, "--out", str(tmp_path / "out"))
+    one_line_error(r, needle)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere; checked through a file instead")
+def test_unwritable_output_directory(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    one_line_error(bench_pause("run", "--out", str(ro / "x")), "not writable")
+
+
+def test_output_that_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("")
+    one_line_error(bench_pause("run", "--out", str(f)), "not a directory")
+
+
+def test_a_vllm_without_the_pause_api_is_refused(monkeypatch):
+    class OldAsyncLLM:  # the shape of a release from before the pause API
+        async def generate(self) -> None: ...
+
+    monkeypatch.setattr(vllm_compat, "async_llm_class", lambda: OldAsyncLLM)
+    with pytest.raises(vllm_compat.VllmError, match="cannot pause"):
+        vllm_compat.pause_api()
+
+
+def test_legacy_api_refuses_keep():
+    from bench_pause.scenario import ScenarioError
+    with pytest.raises(ScenarioError, match="drop mode keep"):
+        vllm_compat.check_modes(vllm_compat.LEGACY_API, ["keep", "wait"])
+    assert vllm_compat.pause_kwargs(vllm_compat.LEGACY_API, "wait", True) == {
+        "wait_for_inflight_requests": True, "clear_cache": True}
+
+
+@pytest.mark.engine
+def test_run_writes_all_four_files(tmp_path):
+    out = tmp_path / "run"
+    r = bench_pause("run", "--backend", "offline", "--mode", "keep", "abort", "wait", "--pause-point", "tokens:5",
+                    "--max-tokens", "32", "--concurrency", "1", "--hold", "0.2", "--repeats", "2", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name in ("runs.parquet", "tokens.parquet", "events.parquet", "meta.json"):
+        assert (out / name).stat().st_size > 0, name
+    runs = pd.read_parquet(out / "runs.parquet")
+    measured = runs[~runs["warmup"]]
+    assert len(measured) == 6 and runs["warmup"].sum() == 1
+    assert measured["ok"].all()
+    assert set(measured["mode"]) == {"keep", "abort", "wait"}
+    tokens = pd.read_parquet(out / "tokens.parquet")
+    assert set(tokens["measurement"]) == set(runs["measurement"])
+    meta = json.loads((out / "meta.json").read_text())
+    for key in ("vllm_version", "torch_version", "device", "model", "engine_args", "started", "host"):
+        assert meta[key], key
+    assert meta["engines"][0]["startup_s"] > 0
+    assert "median per scenario" in r.stdout

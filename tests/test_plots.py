@@ -1,0 +1,56 @@
+"""Figures and the report, drawn from the committed real-engine fixture run."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import matplotlib.image as mpimg
+import numpy as np
+
+from bench_pause import plots, report
+
+from .conftest import FIXTURES
+
+RUN = FIXTURES / "cpu-run"
+
+
+def test_every_figure_is_a_real_image(tmp_path):
+    figures = plots.plot_all([RUN], tmp_path)
+    assert set(figures) == {"timeline", "time_to_pause", "gap", "leak"}
+    for name, (png, svg) in figures.items():
+        image = mpimg.imread(png)
+        assert image.shape[0] > 300 and image.shape[1] > 500, name
+        # Not blank: many distinct colours were drawn.
+        assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 50, name
+        assert svg.read_text().startswith("<?xml"), name
+        assert "0.32.0" in svg.read_text() or "vLLM" in svg.read_text(), name
+
+
+def test_a_leak_is_impossible_to_miss(tmp_path):
+    data = plots.Runs.load([RUN])
+    data.runs.loc[data.runs.index[5], "leak_tokens"] = 3
+    png, svg = plots.leak(data, tmp_path)
+    assert "LEAK" in svg.read_text()
+    clean = plots.leak(plots.Runs.load([RUN]), tmp_path / "clean")[1]
+    assert "LEAK" not in clean.read_text()
+
+
+def test_report_references_every_figure_it_wrote(tmp_path):
+    index = report.write([RUN], tmp_path / "docs")
+    text = index.read_text()
+    linked = set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text))
+    written = {str(p.relative_to(tmp_path / "docs")) for p in (tmp_path / "docs" / "figures").rglob("*.png")}
+    assert linked == written and len(written) == 4
+    assert "| backend |" in text and "vLLM 0.32.0" in text
+
+
+def test_report_command(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "bench_pause", "report", str(RUN), "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "index.md").exists()
+    r = subprocess.run([sys.executable, "-m", "bench_pause", "plot", str(tmp_path), "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "not a bench-pause run directory" in r.stderr
