@@ -67,12 +67,24 @@ def _add_plot_report(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--title", default="bench-pause results")
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="regressions between runs (e.g. two vLLM versions); exit 1 if any")
+    p.add_argument("base", type=Path)
+    p.add_argument("new", nargs="+", type=Path, help="one or more runs, each compared with BASE")
+    p.add_argument("--factor", type=float, default=1.10, help="slowdown ratio that counts (default 1.10)")
+    p.add_argument("--alpha", type=float, default=0.01, help="Mann-Whitney U significance level")
+    p.add_argument("--min-delta-ms", type=float, default=1.0, help="ignore slowdowns smaller than this")
+    p.add_argument("--md", type=Path, help="also write the comparison as Markdown")
+    p.add_argument("--plot", type=Path, help="also plot each headline metric against vLLM version")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="bench-pause", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
     _add_run(sub)
     _add_make_model(sub)
     _add_plot_report(sub)
+    _add_compare(sub)
     return ap
 
 
@@ -190,7 +202,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "make-model": cmd_make_model, "plot": cmd_plot, "report": cmd_report}
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bench_pause import compare
+    _check_run_dirs([args.base, *args.new])
+    th = compare.Thresholds(factor=args.factor, alpha=args.alpha, min_delta_s=args.min_delta_ms / 1e3)
+    comparisons = [compare.compare(args.base, new, th) for new in args.new]
+    for c in comparisons:
+        compare.print_terminal(c, th)
+    if args.md:
+        args.md.parent.mkdir(parents=True, exist_ok=True)
+        args.md.write_text("".join(compare.markdown(c, th) for c in comparisons))
+        print(f"wrote {args.md}")
+    if args.plot:
+        print("wrote " + " ".join(map(str, compare.plot_versions([args.base, *args.new], args.plot))))
+    regressed = [c.new for c in comparisons if c.regressed]
+    if regressed:
+        print(f"regressions or contract changes in: {', '.join(regressed)}")
+        return EXIT_FAILED
+    print("no regression")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "make-model": cmd_make_model, "plot": cmd_plot, "report": cmd_report,
+            "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,65 @@
+"""The asv suite as CI runs it: asv check, a quick `asv run --python=same`, asv publish.
+
+Fails if any tracked value is missing for a combination the host measured.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def asv(config: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "asv", "--config", str(config), *args], capture_output=True,
+                       text=True, env=env, timeout=3000)
+    assert r.returncode == 0, f"asv {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r
+
+
+@pytest.mark.engine
+def test_asv_quick_run_and_publish(tmp_path):
+    text = re.sub(r"^\s*//.*$", "", (ROOT / "asv.conf.json").read_text(), flags=re.M)
+    conf = json.loads(text)
+    conf.update(repo=str(ROOT), benchmark_dir=str(ROOT / "benchmarks"),
+                results_dir=str(tmp_path / "results"), html_dir=str(tmp_path / "html"))
+    config = tmp_path / "asv.conf.json"
+    config.write_text(json.dumps(conf))
+    env = dict(os.environ, BENCH_PAUSE_PROFILE="quick", BENCH_PAUSE_ASV_SWEEPS=str(tmp_path / "sweeps"))
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    asv(config, "machine", "--yes", env=env)
+    asv(config, "check", "--python=same", env=env)
+    asv(config, "run", "--python=same", "--set-commit-hash", commit, "--show-stderr", env=env)
+    asv(config, "publish", env=env)
+    assert (tmp_path / "html" / "index.html").exists()
+
+    files = [p for p in (tmp_path / "results").rglob("*.json") if p.name != "machine.json"]
+    assert len(files) == 1
+    data = json.loads(files[0].read_text())
+    names = data["result_columns"]
+    got = {name: dict(zip(names, row)) for name, row in data["results"].items()}
+    from bench_pause import profiles
+    grid = profiles.get("quick")
+    combos = list(itertools.product(grid.dp_sizes, grid.modes, grid.pause_points, grid.max_tokens, grid.concurrency))
+    for backend in ("Offline", "Http"):
+        for metric in ("pause_api_s", "quiesce_s", "gap_excess_s", "resume_ttft_s", "leak_tokens", "not_ok"):
+            result = got[f"pause.{backend}.track_{metric}"]["result"]
+            assert len(result) == len(combos), (backend, metric)
+            for (dp, mode, *_), value in zip(combos, result):
+                if metric in ("gap_excess_s", "resume_ttft_s") and mode != "keep":
+                    continue  # no gap when the requests are aborted or drained
+                assert value is not None and value == value, (backend, metric, dp, mode)
+            if metric in ("leak_tokens", "not_ok"):
+                assert all(v == 0 for v in result), (backend, metric, result)
+    # Samples were recorded: asv computed a confidence interval for the timing metrics.
+    stats = got["pause.Offline.track_pause_api_s"]["stats_ci_99_a"]
+    assert any(s is not None for s in stats)

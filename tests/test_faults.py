@@ -1,0 +1,172 @@
+"""Faults: a sweep survives them, loses nothing, and leaves no process behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from bench_pause import procs, results, sweep
+from bench_pause.backends.base import Timeouts
+from bench_pause.scenario import Grid
+
+from .conftest import _shared_pids
+
+pytestmark = pytest.mark.engine
+
+
+class KillEngineAfter(sweep.Progress):
+    """Kills the sweep's own engine (never the shared test engines) once ``n`` cells are measured."""
+
+    def __init__(self, n: int, backend: str) -> None:
+        self.n, self.backend, self.done, self.killed = n, backend, 0, []
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.done != self.n:
+            return
+        for pid, cmd in procs.vllm_processes().items():
+            if pid in _shared_pids:
+                continue
+            if self.backend == "http" and "api_server" in cmd:
+                os.killpg(pid, signal.SIGKILL)
+                self.killed.append(pid)
+            elif self.backend == "offline" and "EngineCore" in cmd and pid in procs.descendants():
+                os.kill(pid, signal.SIGKILL)
+                self.killed.append(pid)
+
+
+@pytest.mark.parametrize("backend,fail_fast", [("http", True), ("http", False), ("offline", False)])
+def test_engine_dying_mid_sweep_keeps_measurements(engine_config, loop, tmp_path, backend, fail_fast):
+    grid = Grid(backends=(backend,), modes=("keep",), max_tokens=(48,), holds=(0.2,), repeats=4)
+    cfg = sweep.SweepConfig(grid=grid, out=tmp_path, model=engine_config.model, fail_fast=fail_fast,
+                            timeouts=Timeouts(startup=300, pause=20, resume=20, stream=20))
+    progress = KillEngineAfter(2, backend)
+    t0 = time.monotonic()
+    outcome = loop.run_until_complete(sweep.run(sweep.plan(cfg), progress))
+    print(f"{backend} fail_fast={fail_fast}: recovered and finished in {time.monotonic() - t0:.1f} s")
+    assert progress.killed
+    runs = results.load(tmp_path)[0]
+    measured = runs[~runs["warmup"]]
+    assert measured["ok"].iloc[:2].all()
+    assert not measured["ok"].iloc[2] and measured["error"].iloc[2]
+    meta = results.read_meta(tmp_path)
+    if fail_fast:
+        assert outcome.stopped_early and len(measured) == 3 and len(meta["engines"]) == 1
+    else:
+        assert len(measured) == 4 and measured["ok"].iloc[3] and len(meta["engines"]) == 2
+
+
+def test_a_pause_that_does_not_return_in_time_is_recorded_and_the_engine_restarted(
+        engine_config, loop, tmp_path, monkeypatch):
+    # The version adapter's test hook delays every pause call past --pause-timeout.
+    monkeypatch.setenv("BENCH_PAUSE_INJECT_PAUSE_DELAY_S", "3")
+    grid = Grid(backends=("offline",), modes=("keep",), max_tokens=(32,), holds=(0.1,), repeats=2)
+    cfg = sweep.SweepConfig(grid=grid, out=tmp_path, model=engine_config.model,
+                            timeouts=Timeouts(startup=300, pause=1, resume=5, stream=30))
+    outcome = loop.run_until_complete(sweep.run(sweep.plan(cfg)))
+    runs = results.load(tmp_path)[0]
+    assert (runs["error"] == "timeout: pause").all()
+    # Each timeout restarts the engine: warm-up + 2 cells -> 3 engines, partial traces kept.
+    assert len(results.read_meta(tmp_path)["engines"]) == 3
+    events = results.load(tmp_path)[2]
+    assert set(events["event"]) >= {"submit", "pause_call"}
+    assert outcome.failed == 2
+
+
+def test_a_stalled_stream_times_out(offline_session, measure_on):
+    from bench_pause.scenario import Scenario
+    m = measure_on(offline_session, Scenario("offline", 1, "keep", "tokens:5", 1500, 1, 0.1, True),
+                   Timeouts(stream=0.5))
+    assert m.metrics["error"] == "timeout: streams" and not m.metrics["ok"]
+    assert m.engine_broken and len(m.tokens) > 5
+
+
+def bench_pause_proc(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bench_pause", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_rows(path, n: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        try:
+            if len(pd.read_parquet(path / "runs.parquet")) >= n:
+                return
+        except (FileNotFoundError, OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the sweep made no progress")
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_keeps_results_and_resume_completes(tmp_path, sig, code):
+    args = ["run", "--backend", "offline", "--mode", "keep", "abort", "--max-tokens", "32", "--hold", "0.3",
+            "--repeats", "3", "--out", str(tmp_path)]
+    proc = bench_pause_proc(*args)
+    wait_rows(tmp_path, 3, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    assert "--resume" in err
+    runs = pd.read_parquet(tmp_path / "runs.parquet")  # valid Parquet, every finished cell in it
+    before = len(runs[~runs["warmup"]])
+    assert 2 <= before < 6
+    assert results.read_meta(tmp_path)["vllm_version"]
+    assert not [p for p in procs.vllm_processes() if p not in _shared_pids]
+    r = subprocess.run([sys.executable, "-m", "bench_pause", *args, "--resume"], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs = pd.read_parquet(tmp_path / "runs.parquet")
+    measured = runs[~runs["warmup"]]
+    assert len(measured) == 6
+    assert measured.groupby(["mode", "repeat"]).size().eq(1).all()
+
+
+def test_url_without_pause_endpoints_fails_in_one_line(tmp_path):
+    """A server without VLLM_SERVER_DEV_MODE answers 404 on /is_paused."""
+    from aiohttp import web
+
+    from bench_pause.backends.http import free_port
+
+    async def serve_and_run() -> subprocess.CompletedProcess:
+        app = web.Application()
+        app.router.add_get("/health", lambda _: web.Response(text="ok"))
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench_pause", "run", "--backend", "http", "--url", f"http://127.0.0.1:{port}",
+                "--out", str(tmp_path / "x"), stderr=asyncio.subprocess.PIPE)
+            _, err = await asyncio.wait_for(proc.communicate(), 120)
+            return proc.returncode, err.decode()
+        finally:
+            await runner.cleanup()
+
+    code, err = asyncio.run(serve_and_run())
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "VLLM_SERVER_DEV_MODE=1" in lines[0]
+
+
+def test_two_sweeps_at_once_do_not_collide(tmp_path):
+    args = ["run", "--backend", "http", "--mode", "keep", "--max-tokens", "32", "--hold", "0.2", "--repeats", "2"]
+    a = bench_pause_proc(*args, "--out", str(tmp_path / "a"))
+    b = bench_pause_proc(*args, "--out", str(tmp_path / "b"))
+    for proc in (a, b):
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+    urls = [results.read_meta(tmp_path / n)["engines"][0]["url"] for n in ("a", "b")]
+    assert urls[0] != urls[1]
+    for n in ("a", "b"):
+        runs = pd.read_parquet(tmp_path / n / "runs.parquet")
+        assert runs[~runs["warmup"]]["ok"].all() and len(runs) == 3
