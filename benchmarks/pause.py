@@ -25,11 +25,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench_pause import profiles
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    from bench_pause import profiles
+except ImportError:  # not installed (a GPU box running from the checkout): use the checkout
+    sys.path.insert(0, str(ROOT))
+    from bench_pause import profiles
 
 PROFILE = os.environ.get("BENCH_PAUSE_PROFILE", "quick")
 GRID = profiles.get(PROFILE)
-SWEEPS = Path(os.environ.get("BENCH_PAUSE_ASV_SWEEPS", Path(__file__).resolve().parents[1] / "results" / "asv-sweeps"))
+SWEEPS = Path(os.environ.get("BENCH_PAUSE_ASV_SWEEPS", ROOT / "results" / "asv-sweeps"))
 
 
 def sweep(backend: str) -> pd.DataFrame:
@@ -37,7 +42,7 @@ def sweep(backend: str) -> pd.DataFrame:
     out = SWEEPS / f"{PROFILE}-{backend}-{time.strftime('%Y%m%dT%H%M%S')}"
     cmd = [sys.executable, "-m", "bench_pause", "run", "--profile", PROFILE, "--backend", backend,
            "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0 or not (out / "runs.parquet").exists():
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     runs = pd.read_parquet(out / "runs.parquet")
