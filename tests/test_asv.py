@@ -42,7 +42,7 @@ def test_asv_quick_run_and_publish(tmp_path):
     asv(config, "publish", env=env)
     assert (tmp_path / "html" / "index.html").exists()
 
-    files = [p for p in (tmp_path / "results").rglob("*.json") if p.name != "machine.json"]
+    files = [p for p in (tmp_path / "results").rglob("*.json") if p.name not in ("machine.json", "benchmarks.json")]
     assert len(files) == 1
     data = json.loads(files[0].read_text())
     names = data["result_columns"]
