@@ -65,6 +65,7 @@ def _add_plot_report(sub: argparse._SubParsersAction) -> None:
     r.add_argument("run_dirs", nargs="+", type=Path)
     r.add_argument("--out", type=Path, default=Path("docs"))
     r.add_argument("--title", default="bench-pause results")
+    r.add_argument("--include", type=Path, help="a Markdown file placed after the title (findings)")
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
@@ -198,7 +199,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from bench_pause import report
     _check_run_dirs(args.run_dirs)
-    print(f"wrote {report.write(args.run_dirs, args.out, title=args.title)}")
+    print(f"wrote {report.write(args.run_dirs, args.out, title=args.title, include=args.include)}")
     return 0
 
 

@@ -26,6 +26,9 @@ from bench_pause.results import META, RunDir, read_meta, write_json
 from bench_pause.scenario import Grid, Scenario, ScenarioError, group_by_engine
 
 Say = Callable[[str], None]
+# Engines in a row that may break before finishing a cell before a group is given up:
+# without this bound, a fault that hits every warm-up would restart engines forever.
+MAX_STALLS = 2
 
 
 @dataclass
@@ -165,8 +168,14 @@ async def run(p: Plan, progress: Progress | None = None) -> Outcome:
     progress.start(p.total)
     try:
         for (backend, dp_size), cells in p.groups.items():
-            queue = list(cells)
+            queue, stalls = list(cells), 0
             while queue:
+                if stalls == MAX_STALLS:
+                    message = (f"{backend} dp{dp_size}: {MAX_STALLS} engines in a row broke before finishing "
+                               f"a cell; {len(queue)} cells not measured")
+                    outcome.engine_failures.append(message)
+                    progress.say(f"[red]{message}[/red]")
+                    break
                 session = _session(p, backend, dp_size)
                 engine_no = len(info["engines"])
                 entry = {"engine": engine_no, "backend": backend, "dp_size": dp_size, "started": meta.now()}
@@ -180,16 +189,16 @@ async def run(p: Plan, progress: Progress | None = None) -> Outcome:
                     await session.close()
                     outcome.engine_failures.append(f"{backend} dp{dp_size}: {exc}")
                     progress.say(f"[red]{backend} dp {dp_size} engine failed to start:[/red] {exc}")
-                    for _ in queue:
-                        progress.advance()
                     break
                 entry.update(startup_s=session.info.startup_s, retries=session.info.retries,
                              engine_args=session.info.engine_args, **session.info.extra)
                 write_json(meta_path, info)
+                before = len(queue)
                 try:
                     queue = await _run_cells(session, queue, rundir, engine_no, cfg, rng, progress, outcome)
                 finally:
                     await session.close()
+                stalls = stalls + 1 if len(queue) == before else 0
                 if queue and cfg.fail_fast:
                     outcome.stopped_early = True
                     return outcome
