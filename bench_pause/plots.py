@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -146,51 +147,60 @@ def _strip(ax: plt.Axes, groups: list[tuple[str, pd.Series]], colors: list[str],
     ax.set_xticks(positions, [label for label, _ in groups], rotation=45, ha="right", fontsize=8)
 
 
-def time_to_pause(data: Runs, out: Path) -> list[Path]:
-    """pause_api_s and quiesce_s by mode and pause point, per backend and dp size."""
-    m = data.measured
+Groups = Callable[[pd.DataFrame, str], list[tuple[str, pd.Series, str]]]
+
+
+def _panels(m: pd.DataFrame, metrics: list[tuple[str, str]], groups: Groups,
+            reference_itl: bool = False, log: bool = False) -> plt.Figure:
+    """One column per (backend, dp size), one row per metric, each a box of its groups."""
     facets = _facets(m)
-    fig, axes = plt.subplots(2, len(facets), figsize=(4.8 * len(facets), 7.5), squeeze=False, sharey="row")
+    fig, axes = plt.subplots(len(metrics), max(len(facets), 1), figsize=(4.8 * max(len(facets), 1), 3.7 * len(metrics)),
+                             squeeze=False, sharey="row")
     for col, (backend, dp) in enumerate(facets):
         cell = m[(m["backend"] == backend) & (m["dp_size"] == dp)]
-        keys = [(mode, pp) for mode in MODES for pp in sorted(cell["pause_point"].unique())
-                if ((cell["mode"] == mode) & (cell["pause_point"] == pp)).any()]
-        for row, metric in enumerate(("pause_api_s", "quiesce_s")):
+        for row, (metric, ylabel) in enumerate(metrics):
             ax = axes[row][col]
-            groups = [(f"{mode} @{pp}", cell[(cell["mode"] == mode) & (cell["pause_point"] == pp)][metric])
-                      for mode, pp in keys]
-            _strip(ax, groups, [MODE_COLORS[mode] for mode, _ in keys], 1e3)
+            found = groups(cell, metric)
+            _strip(ax, [(label, values) for label, values, _ in found], [c for *_, c in found], 1e3)
             itl = cell["itl_median_s"].median() * 1e3
-            if not np.isnan(itl):
+            if reference_itl and not np.isnan(itl):
                 ax.axhline(itl, color="#888888", ls="--", lw=1, label=f"one decode step ({itl:.1f} ms)")
                 ax.legend(fontsize=8, loc="upper left")
             ax.set_title(f"{backend}, dp {dp}: {metric.removesuffix('_s').replace('_', ' ')}", fontsize=10)
-            ax.set_ylabel(("pause call to return" if row == 0 else "pause call to last token") + " (ms)")
+            ax.set_ylabel(ylabel)
             ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("Time to pause, by mode and pause point (points: repeats)")
+            if log:  # wait drains whole requests: hundreds of ms beside keep's tens
+                ax.set_yscale("symlog", linthresh=1.0)
+    return fig
+
+
+def time_to_pause(data: Runs, out: Path) -> list[Path]:
+    """pause_api_s and quiesce_s by mode and pause point, per backend and dp size."""
+    def by_mode_and_point(cell: pd.DataFrame, metric: str) -> list[tuple[str, pd.Series, str]]:
+        return [(f"{mode} @{pp}", cell[(cell["mode"] == mode) & (cell["pause_point"] == pp)][metric],
+                 MODE_COLORS[mode])
+                for mode in MODES for pp in sorted(cell["pause_point"].unique())
+                if ((cell["mode"] == mode) & (cell["pause_point"] == pp)).any()]
+
+    fig = _panels(data.measured, [("pause_api_s", "pause call to return (ms)"),
+                                  ("quiesce_s", "pause call to last token (ms)")], by_mode_and_point,
+                  reference_itl=True, log=True)
+    fig.suptitle("Time to pause, by mode and pause point (points: repeats; log scale above 1 ms)")
     fig.tight_layout()
     return _save(fig, out, "time_to_pause", data)
 
 
 def gap(data: Runs, out: Path) -> list[Path]:
     """gap_excess_s and resume_ttft_s of keep pauses by max_tokens and concurrency."""
-    m = data.measured
-    m = m[m["mode"] == "keep"]
-    facets = _facets(m)
-    fig, axes = plt.subplots(2, max(len(facets), 1), figsize=(4.8 * max(len(facets), 1), 7), squeeze=False,
-                             sharey="row")
-    for col, (backend, dp) in enumerate(facets):
-        cell = m[(m["backend"] == backend) & (m["dp_size"] == dp)]
+    def by_length_and_streams(cell: pd.DataFrame, metric: str) -> list[tuple[str, pd.Series, str]]:
         keys = sorted({(int(a), int(b)) for a, b in zip(cell["max_tokens"], cell["concurrency"])})
-        for row, (metric, label) in enumerate((("gap_excess_s", "gap minus hold (ms)"),
-                                               ("resume_ttft_s", "resume call to first token (ms)"))):
-            ax = axes[row][col]
-            groups = [(f"{mt} tok x{c}", cell[(cell["max_tokens"] == mt) & (cell["concurrency"] == c)][metric])
-                      for mt, c in keys]
-            _strip(ax, groups, [MODE_COLORS["keep"]] * len(groups), 1e3)
-            ax.set_title(f"{backend}, dp {dp}", fontsize=10)
-            ax.set_ylabel(label)
-            ax.grid(axis="y", alpha=0.3)
+        return [(f"{mt} tok x{c}", cell[(cell["max_tokens"] == mt) & (cell["concurrency"] == c)][metric],
+                 MODE_COLORS["keep"]) for mt, c in keys]
+
+    m = data.measured
+    fig = _panels(m[m["mode"] == "keep"], [("gap_excess_s", "gap minus hold (ms)"),
+                                          ("resume_ttft_s", "resume call to first token (ms)")],
+                  by_length_and_streams)
     fig.suptitle("What a keep pause adds beyond the hold, by max_tokens and streams")
     fig.tight_layout()
     return _save(fig, out, "gap", data)

@@ -31,6 +31,7 @@ def _scenarios() -> list[Scenario]:
 def _dirs(tmp_path, names):
     out = {}
     for name in names:
+        (tmp_path / name).mkdir()
         out[name] = RunDir(tmp_path / name)
         write_json(tmp_path / name / META, {**meta.environment(), "started": meta.now()})
     return out
