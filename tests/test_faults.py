@@ -199,3 +199,15 @@ def test_two_sweeps_at_once_do_not_collide(tmp_path):
     for n in ("a", "b"):
         runs = pd.read_parquet(tmp_path / n / "runs.parquet")
         assert runs[~runs["warmup"]]["ok"].all() and len(runs) == 3
+
+
+def test_interrupt_during_server_start_up_leaves_nothing(tmp_path):
+    proc = bench_pause_proc("run", "--backend", "http", "--mode", "keep", "--out", str(tmp_path))
+    deadline = time.monotonic() + 120
+    while not [c for p, c in procs.vllm_processes().items() if "api_server" in c and p not in _shared_pids]:
+        assert time.monotonic() < deadline and proc.poll() is None, "the server never started"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert not [p for p in procs.vllm_processes() if p not in _shared_pids]

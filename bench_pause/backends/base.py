@@ -70,6 +70,9 @@ class Session(abc.ABC):
                 await self.close()
                 self.info.retries = attempt + 1
                 continue
+            except BaseException:  # an error, Ctrl-C or SIGTERM mid-start: leave no process behind
+                await self.close()
+                raise
             self.info.startup_s = time.monotonic() - t0
             return
         raise StartupFailed(f"{self.backend} engine did not start after 2 tries: {last}")
