@@ -38,7 +38,8 @@ def test_asv_quick_run_and_publish(tmp_path):
                             check=True).stdout.strip()
     asv(config, "machine", "--yes", env=env)
     asv(config, "check", "--python=same", env=env)
-    asv(config, "run", "--python=same", "--set-commit-hash", commit, "--show-stderr", env=env)
+    asv(config, "run", "--python=same", "--launch-method", "forkserver", "--set-commit-hash", commit, "--show-stderr",
+        env=env)
     asv(config, "publish", env=env)
     assert (tmp_path / "html" / "index.html").exists()
 
