@@ -10,7 +10,6 @@ recorded against the cell that saw it and restarted (or the sweep stops, with
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import re
