@@ -39,12 +39,6 @@ import pandas as pd
 
 from bench_pause import trace as tr
 
-METRIC_COLUMNS = [
-    "pause_api_s", "quiesce_s", "quiesce_engine_s", "leak_tokens", "gap_s", "gap_excess_s",
-    "resume_api_s", "resume_ttft_s", "itl_median_s", "itl_max_s", "held_requests", "tokens_expected",
-    "tokens_received", "finish_reasons", "ok", "error",
-]
-
 # The metrics a benchmark tracks, with their units: what summaries, plots and asv show.
 HEADLINE = {
     "pause_api_s": "s",

@@ -46,9 +46,6 @@ class Trace:
         self.events.append((name, request, now, detail))
         return now
 
-    def count(self, request: int) -> int:
-        return self._counts.get(request, 0)
-
     def tokens_frame(self) -> pd.DataFrame:
         df = pd.DataFrame(self.tokens, columns=TOKEN_COLUMNS)
         return df.astype({"request": "int64", "index": "int64", "n_tokens": "int64",
