@@ -165,9 +165,9 @@ def print_terminal(c: Comparison, th: Thresholds) -> None:
 
 def plot_versions(dirs: list[Path], out: Path) -> list[Path]:
     """Each headline metric's per-cell medians against the runs' vLLM versions."""
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from bench_pause.plots import MODE_COLORS  # selects the Agg backend; one colour per mode everywhere
 
     labels, tables = [], []
     for d in dirs:
@@ -175,9 +175,8 @@ def plot_versions(dirs: list[Path], out: Path) -> list[Path]:
         labels.append(f"{meta.get('vllm_version', '?')}\n{Path(d).name}")
         tables.append(summary.measured(runs))
     fig, axes = plt.subplots(1, len(TIMING), figsize=(4.2 * len(TIMING), 4.2), squeeze=False)
-    colors = {"keep": "#1f77b4", "abort": "#d62728", "wait": "#2ca02c"}
     for ax, metric in zip(axes[0], TIMING):
-        for mode, color in colors.items():
+        for mode, color in MODE_COLORS.items():
             for backend, marker in (("offline", "o"), ("http", "s")):
                 meds = [t[(t["mode"] == mode) & (t["backend"] == backend)].groupby(summary.CELL)[metric].median()
                         for t in tables]

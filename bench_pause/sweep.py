@@ -184,8 +184,7 @@ async def run(p: Plan, progress: Progress | None = None) -> Outcome:
                     await session.start()
                 except (StartupFailed, RuntimeError) as exc:
                     entry.update(error=str(exc).splitlines()[0], retries=session.info.retries)
-                    write_json(meta_path, info)
-                    await session.close()
+                    write_json(meta_path, info)  # Session.start already stopped what it started
                     outcome.engine_failures.append(f"{backend} dp{dp_size}: {exc}")
                     progress.say(f"[red]{backend} dp {dp_size} engine failed to start:[/red] {exc}")
                     break

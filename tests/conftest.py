@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,12 @@ from bench_pause import procs, vllm_compat
 from bench_pause.backends.base import Timeouts
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def bench_pause(*args: object, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the command line as a user does, in a child process."""
+    return subprocess.run([sys.executable, "-m", "bench_pause", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)
 _shared_pids: set[int] = set()
 
 

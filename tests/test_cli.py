@@ -5,17 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
 from bench_pause import vllm_compat
 
-
-def bench_pause(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench_pause", *args], capture_output=True, text=True,
-                          timeout=timeout)
+from .conftest import bench_pause
 
 
 def one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:

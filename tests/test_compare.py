@@ -8,8 +8,6 @@ on the shared real engine.
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 
 import pytest
 
@@ -18,6 +16,8 @@ from bench_pause.backends.base import Timeouts
 from bench_pause.measure import measure
 from bench_pause.results import META, RunDir, write_json
 from bench_pause.scenario import Scenario
+
+from .conftest import bench_pause
 
 pytestmark = pytest.mark.engine
 REPEATS = 8
@@ -75,8 +75,7 @@ def test_same_version_is_not_flagged(runs):
 
 def test_compare_command_exit_status_and_outputs(runs, tmp_path):
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "bench_pause", "compare", *map(str, args)],
-                              capture_output=True, text=True, timeout=120)
+        return bench_pause("compare", *args, timeout=120)
     slow = cli(runs / "base", runs / "slow", "--md", tmp_path / "c.md", "--plot", tmp_path / "plot")
     assert slow.returncode == 1, slow.stdout + slow.stderr
     assert "REGRESSION" in (tmp_path / "c.md").read_text()

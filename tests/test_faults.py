@@ -16,7 +16,7 @@ from bench_pause import procs, results, sweep
 from bench_pause.backends.base import Timeouts
 from bench_pause.scenario import Grid
 
-from .conftest import _shared_pids
+from .conftest import _shared_pids, bench_pause
 
 pytestmark = pytest.mark.engine
 
@@ -150,8 +150,7 @@ def test_interrupt_keeps_results_and_resume_completes(tmp_path, sig, code):
     assert 2 <= before < 6
     assert results.read_meta(tmp_path)["vllm_version"]
     assert not [p for p in procs.vllm_processes() if p not in _shared_pids]
-    r = subprocess.run([sys.executable, "-m", "bench_pause", *args, "--resume"], capture_output=True, text=True,
-                       timeout=600)
+    r = bench_pause(*args, "--resume")
     assert r.returncode == 0, r.stderr[-2000:]
     runs = pd.read_parquet(tmp_path / "runs.parquet")
     measured = runs[~runs["warmup"]]

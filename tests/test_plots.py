@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import matplotlib.image as mpimg
 import numpy as np
 
 from bench_pause import plots, report
 
-from .conftest import FIXTURES
+from .conftest import FIXTURES, bench_pause
 
 RUN = FIXTURES / "cpu-run"
 
@@ -47,10 +45,8 @@ def test_report_references_every_figure_it_wrote(tmp_path):
 
 
 def test_report_command(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "bench_pause", "report", str(RUN), "--out", str(tmp_path)],
-                       capture_output=True, text=True, timeout=120)
+    r = bench_pause("report", RUN, "--out", tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "index.md").exists()
-    r = subprocess.run([sys.executable, "-m", "bench_pause", "plot", str(tmp_path), "--out", str(tmp_path)],
-                       capture_output=True, text=True, timeout=120)
+    r = bench_pause("plot", tmp_path, "--out", tmp_path, timeout=120)
     assert r.returncode == 2 and "not a bench-pause run directory" in r.stderr
