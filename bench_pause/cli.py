@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from bench_pause.scenario import BACKENDS, MODES, ScenarioError
+from bench_pause.scenario import BACKENDS, CYCLES, MODES, ScenarioError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INT, EXIT_TERM = 1, 2, 130, 143
 
@@ -36,6 +36,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hold", nargs="+", type=float, dest="holds", help="seconds paused")
     p.add_argument("--clear-cache", nargs="+", choices=["true", "false"], dest="clear_cache",
                    help="the pause call's clear_cache (vLLM's default: true)")
+    p.add_argument("--arrivals-during-pause", nargs="+", type=int, dest="arrivals", metavar="N",
+                   help="requests submitted while paused (they must wait for the resume)")
+    p.add_argument("--cycle", nargs="+", choices=CYCLES, dest="cycles",
+                   help="what is done around the pause: the normal cycle or an edge cycle (README)")
     p.add_argument("--repeats", type=int)
     p.add_argument("--model", help="model directory or Hugging Face id (default: a generated model)")
     p.add_argument("--engine-args", default="", help="vLLM engine flags, as `vllm serve` takes them")
@@ -98,7 +102,7 @@ def _grid(args: argparse.Namespace):
     return profiles.with_overrides(
         base, backends=args.backends, dp_sizes=args.dp_sizes, modes=args.modes,
         pause_points=args.pause_points, max_tokens=args.max_tokens, concurrency=args.concurrency,
-        holds=args.holds, clear_cache=clear, repeats=args.repeats)
+        holds=args.holds, clear_cache=clear, arrivals=args.arrivals, cycles=args.cycles, repeats=args.repeats)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from scipy.stats import mannwhitneyu
 
 from bench_pause import results, summary
 
-TIMING = ["pause_api_s", "quiesce_s", "gap_excess_s", "resume_ttft_s"]
+TIMING = ["pause_api_s", "quiesce_s", "gap_excess_s", "resume_ttft_s", "resume_all_s"]
 GROUP = ["backend", "dp_size", "mode"]
 
 

@@ -16,6 +16,33 @@ Definitions (client clock unless the name says ``engine``):
 - ``gap_excess_s``: ``gap_s - hold_s``, what the pause added beyond the hold.
 - ``resume_api_s``, ``resume_ttft_s``: resume call to its return / to the first token
   of any request after it.
+- ``resume_all_s``: resume call to the first token of the *last* request to come back,
+  over the requests unfinished at the resume: when every stream is moving again.
+- ``resume_engine_s``: resume call to the engine-side timestamp of the first token after
+  it (offline only): the resume cost without the output path back to the client.
+- ``preemptions``: requests the engine preempted during the measurement, from vLLM's own
+  ``vllm:num_preemptions`` counter (read before and after). A keep pause with
+  ``clear_cache=True`` preempts every running request; NaN where it cannot be read.
+- ``reprefill_tokens``: an estimate of the tokens the engine recomputes to bring the
+  preempted requests back: vLLM re-prefills a preempted request's prompt plus what it
+  had generated, and a cleared cache holds none of it. The sum over the requests in
+  flight at the pause call when the engine preempted at least that many, 0 when it
+  preempted none, NaN when it preempted only some (which ones cannot be told). vLLM
+  counts only first prefills in ``vllm:prompt_tokens``, so this cannot be read off it.
+- ``missed``: the first request was finished before the pause could act on it (it ended
+  before the pause call, or in keep/abort mode ran to its length before the resume):
+  the pause stopped nothing, so gap and resume figures are undefined. The sweep measures
+  such a cell again; statistics leave missed measurements out.
+- ``arrivals_admitted_s``, ``arrivals_ttft_s``: for requests submitted while paused
+  (``arrivals``): first submission to all of them being taken in, and resume call to
+  the first token of the slowest of them. They must not get a token before the resume
+  (any would be counted in ``leak_tokens``).
+- ``second_call_s``: the duplicate call of an edge cycle (a pause while a pause is in
+  progress, or a resume while not paused), call to return.
+- ``quiesce_worst_s``, ``resume_ttft_worst_s`` and ``per_rank`` (JSON): with data
+  parallelism, request ``i`` is routed to rank ``i % dp_size``; per rank, the quiesce,
+  the first token after resume and the preemptions. The worst rank is what a trainer
+  waiting on every rank sees.
 - ``itl_median_s``, ``itl_max_s``: the first request's per-token latency outside the
   pause, to tell a pause effect from a background stall.
 - ``held_requests``: requests that got no token before the resume call and were served
@@ -25,7 +52,9 @@ Definitions (client clock unless the name says ``engine``):
 - ``ok``: the mode's contract held. keep: no leak, every token delivered, every request
   finished by length. abort: no leak, every request unfinished at the pause call ended
   with ``abort``. wait: no leak, every token delivered, and every request either finished
-  before the pause returned or was held (see ``held_requests``).
+  before the pause returned or was held (see ``held_requests``). In every mode, requests
+  that arrived during the pause, and every request of an ``idle`` cycle (sent after the
+  resume), are served in full.
 """
 
 from __future__ import annotations
@@ -33,6 +62,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -45,6 +75,7 @@ HEADLINE = {
     "quiesce_s": "s",
     "gap_excess_s": "s",
     "resume_ttft_s": "s",
+    "resume_all_s": "s",
     "leak_tokens": "tokens",
 }
 
@@ -73,9 +104,52 @@ def _itl(first: pd.DataFrame, gap_bounds: tuple[float, float]) -> tuple[float, f
     return float(np.median(outside)), float(np.max(outside))
 
 
-def compute(tokens: pd.DataFrame, events: pd.DataFrame, mode: str, max_tokens: int,
-            concurrency: int, hold_s: float, error: str = "") -> dict:
-    """Metrics of one measured pause from its token and event tables."""
+def _counters(events: pd.DataFrame) -> dict[str, float]:
+    """Per-engine preemptions during the measurement, from the two ``counters`` events."""
+    rows = events.loc[events["event"] == tr.COUNTERS, "detail"]
+    if len(rows) < 2:
+        return {}
+    first, last = json.loads(rows.iloc[0]), json.loads(rows.iloc[-1])
+    return {engine: last[engine] - first.get(engine, 0.0) for engine in last}
+
+
+def _first_after(tokens: pd.DataFrame, t0: float) -> float:
+    after = tokens.loc[tokens["t"] >= t0, "t"]
+    return float(after.min() - t0) if len(after) else math.nan
+
+
+def _per_rank(tokens: pd.DataFrame, requests: range, dp_size: int, preempted: dict[str, float],
+              pause_call: float, pause_ret: float, resume_call: float) -> dict[str, dict]:
+    out = {}
+    for rank in range(dp_size):
+        mine = tokens[tokens["request"].isin([r for r in requests if r % dp_size == rank])]
+        window = mine.loc[(mine["t"] >= pause_call) & (mine["t"] <= pause_ret), "t"]
+        out[str(rank)] = {
+            "requests": sum(1 for r in requests if r % dp_size == rank),
+            "quiesce_s": float(window.max() - pause_call) if len(window) else 0.0,
+            "resume_ttft_s": _first_after(mine, resume_call),
+            "preemptions": preempted.get(str(rank), math.nan) if preempted else math.nan,
+        }
+    return out
+
+
+def _worst(per_rank: dict[str, dict], key: str) -> float:
+    values = [v[key] for v in per_rank.values() if v["requests"] and not math.isnan(v[key])]
+    return max(values) if values else math.nan
+
+
+def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error: str = "") -> dict:
+    """Metrics of one measured pause from its token and event tables.
+
+    ``scenario`` holds the scenario's columns (a :class:`~bench_pause.scenario.Scenario`
+    as a dict, or a stored run row); axes added later default to what older runs did.
+    """
+    mode, max_tokens = str(scenario["mode"]), int(scenario["max_tokens"])
+    concurrency, hold_s = int(scenario["concurrency"]), float(scenario["hold_s"])
+    dp_size, cycle = int(scenario.get("dp_size", 1)), str(scenario.get("cycle", "pause") or "pause")
+    n_arrivals = int(scenario.get("arrivals", 0) or 0)
+    originals, arrivals = range(concurrency), range(concurrency, concurrency + n_arrivals)
+
     tokens = tokens.sort_values("t", kind="stable")
     pause_call = _event_time(events, tr.PAUSE_CALL)
     pause_ret = _event_time(events, tr.PAUSE_RETURN)
@@ -98,31 +172,74 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, mode: str, max_tokens: i
     after = first[first["t"] >= resume_call]
     submit0 = events.loc[(events["event"] == tr.SUBMIT) & (events["request"] == 0), "t"]
     prev = float(before["t"].iloc[-1]) if len(before) else (float(submit0.iloc[0]) if len(submit0) else math.nan)
-    nxt = float(after["t"].iloc[0]) if len(after) else math.nan
+    nxt = float(after["t"].iloc[0]) if len(after) and cycle != "idle" else math.nan
     gap = nxt - prev
     resumed = tokens[t >= resume_call]
     resume_ttft = float(resumed["t"].iloc[0] - resume_call) if len(resumed) else math.nan
+    engine_after = resumed["engine_t"].dropna()
+    resume_engine = float(engine_after.min() - resume_call) if len(engine_after) else math.nan
     itl_median, itl_max = _itl(first, (prev, nxt) if not math.isnan(gap) else (math.inf, -math.inf))
 
+    unfinished = [r for r in originals if finishes.get(r, (math.inf, ""))[0] >= resume_call]
+    comebacks = [_first_after(tokens[tokens["request"] == r], resume_call) for r in unfinished]
+    resume_all = max(comebacks) if comebacks and not any(math.isnan(c) for c in comebacks) else math.nan
+
+    preempted = _counters(events)
+    preemptions = float(sum(preempted.values())) if preempted else math.nan
+    prompt_tokens = {int(r): int(d) for r, d in zip(events.loc[events["event"] == tr.PROMPT, "request"],
+                                                       events.loc[events["event"] == tr.PROMPT, "detail"])}
+    in_flight = [r for r in originals if finishes.get(r, (math.inf, ""))[0] >= pause_call]
+    reprefill = math.nan
+    if preemptions == 0:
+        reprefill = 0.0
+    elif in_flight and preemptions >= len(in_flight):  # every request in flight was preempted
+        reprefill = float(sum(prompt_tokens.get(r, 0) + tokens.loc[(tokens["request"] == r) & (t <= pause_ret),
+                                                                      "n_tokens"].sum() for r in in_flight))
+
+    per_rank = _per_rank(tokens, originals, dp_size, preempted, pause_call, pause_ret, resume_call)
+
     started_before_resume = set(tokens.loc[t < resume_call, "request"].unique())
-    held = {r for r in range(concurrency) if r not in started_before_resume and r in set(tokens["request"])}
+    held = {r for r in originals if r not in started_before_resume and r in set(tokens["request"])}
     received = int(tokens["n_tokens"].sum())
-    expected = concurrency * max_tokens
+    expected = (concurrency + n_arrivals) * max_tokens
     per_request = tokens.groupby("request")["n_tokens"].sum()
     reasons = Counter(reason for _, reason in finishes.values())
-    everyone_finished = len(finishes) == concurrency
-    all_tokens = received == expected and all(per_request.get(r, 0) == max_tokens for r in range(concurrency))
+    everyone_finished = all(r in finishes for r in [*originals, *arrivals])
+
+    def served(requests: Iterable[int]) -> bool:
+        return all(per_request.get(r, 0) == max_tokens and finishes.get(r, (0, ""))[1] == "length" for r in requests)
+
+    fin0 = finishes.get(0)
+    missed = cycle != "idle" and fin0 is not None and (
+        fin0[0] < pause_call or (mode != "wait" and fin0[1] == "length" and fin0[0] < resume_call))
+
+    arrival_tokens = tokens[tokens["request"].isin(list(arrivals))]
+    arrivals_ttft = math.nan
+    if n_arrivals:
+        firsts = [_first_after(arrival_tokens[arrival_tokens["request"] == r], resume_call) for r in arrivals]
+        arrivals_ttft = max(firsts) if not any(math.isnan(f) for f in firsts) else math.nan
+    submits = events.loc[(events["event"] == tr.SUBMIT) & events["request"].isin(list(arrivals)), "t"]
+    admitted = _event_time(events, tr.ADMITTED)
+    arrivals_admitted = admitted - float(submits.min()) if len(submits) else math.nan
+
+    second_call = math.nan
+    for call, ret in ((tr.PAUSE_CALL_2, tr.PAUSE_RETURN_2), (tr.RESUME_CALL_2, tr.RESUME_RETURN_2)):
+        if (events["event"] == call).any():
+            second_call = _event_time(events, ret) - _event_time(events, call)
 
     if error:
         ok = False
+    elif cycle == "idle":
+        ok = leak == 0 and everyone_finished and served([*originals, *arrivals])
     elif mode == "keep":
-        ok = leak == 0 and all_tokens and everyone_finished and set(reasons) == {"length"}
+        ok = leak == 0 and everyone_finished and served([*originals, *arrivals])
     elif mode == "abort":
-        running = [r for r in range(concurrency) if finishes.get(r, (math.inf, ""))[0] >= pause_call]
-        ok = leak == 0 and everyone_finished and all(finishes[r][1] == "abort" for r in running)
+        stopped = [r for r in originals if finishes.get(r, (math.inf, ""))[0] >= pause_call]
+        ok = (leak == 0 and everyone_finished and all(finishes[r][1] == "abort" for r in stopped)
+              and served(arrivals))
     else:  # wait: running requests drain before the pause returns; queued ones are held
-        ok = (leak == 0 and all_tokens and everyone_finished
-              and all(ft <= pause_ret or r in held for r, (ft, _) in finishes.items()))
+        ok = (leak == 0 and everyone_finished and served([*originals, *arrivals])
+              and all(finishes[r][0] <= pause_ret or r in held for r in originals))
 
     return {
         "pause_api_s": pause_ret - pause_call,
@@ -133,6 +250,17 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, mode: str, max_tokens: i
         "gap_excess_s": gap - hold_s,
         "resume_api_s": resume_ret - resume_call,
         "resume_ttft_s": resume_ttft,
+        "resume_all_s": resume_all,
+        "resume_engine_s": resume_engine,
+        "preemptions": preemptions,
+        "reprefill_tokens": reprefill,
+        "missed": bool(missed),
+        "arrivals_admitted_s": arrivals_admitted,
+        "arrivals_ttft_s": arrivals_ttft,
+        "second_call_s": second_call,
+        "quiesce_worst_s": _worst(per_rank, "quiesce_s"),
+        "resume_ttft_worst_s": _worst(per_rank, "resume_ttft_s"),
+        "per_rank": json.dumps(per_rank),
         "itl_median_s": itl_median,
         "itl_max_s": itl_max,
         "held_requests": len(held),
@@ -146,5 +274,4 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, mode: str, max_tokens: i
 
 def for_measurement(tokens: pd.DataFrame, events: pd.DataFrame, run: pd.Series | dict) -> dict:
     """:func:`compute` for a stored measurement whose scenario columns are in ``run``."""
-    return compute(tokens, events, run["mode"], int(run["max_tokens"]), int(run["concurrency"]),
-                   float(run["hold_s"]), error=str(run.get("error", "") or ""))
+    return compute(tokens, events, run, error=str(run.get("error", "") or ""))

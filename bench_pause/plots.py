@@ -1,4 +1,4 @@
-"""Figures of one or more run directories: timeline, time to pause, gap, leak.
+"""Figures of one or more run directories: timeline, time to pause, gap, clear_cache, leak.
 
 Every figure names the vLLM version, device, model and date in its footer, uses the same
 colour per mode, puts units on its axes, and is written as PNG and SVG.
@@ -48,6 +48,13 @@ class Runs:
     def measured(self) -> pd.DataFrame:
         return summary.measured(self.runs)
 
+    @property
+    def plain(self) -> pd.DataFrame:
+        """The pauses an RL framework makes by default: the normal cycle, vLLM's default
+        clear_cache=True, no request arriving while paused. Most figures show these."""
+        m = self.measured
+        return m[(m["cycle"] == "pause") & m["clear_cache"].astype(bool) & (m["arrivals"] == 0)]
+
     def footer(self) -> str:
         seen = []
         for meta in self.metas.values():
@@ -84,13 +91,13 @@ def _representative(measured: pd.DataFrame, backend: str, mode: str) -> pd.Serie
 
 def timeline(data: Runs, out: Path) -> list[Path]:
     """Token arrivals per request against time around one typical pause per mode and backend."""
-    backends = sorted(data.measured["backend"].unique())
+    backends = sorted(data.plain["backend"].unique())
     fig, axes = plt.subplots(len(MODES), len(backends), figsize=(6.5 * len(backends), 2.6 * len(MODES)),
                              squeeze=False, sharex=True)
     for col, backend in enumerate(backends):
         for row, mode in enumerate(MODES):
             ax = axes[row][col]
-            run = _representative(data.measured, backend, mode)
+            run = _representative(data.plain, backend, mode)
             if run is None:
                 ax.set_axis_off()
                 continue
@@ -182,7 +189,7 @@ def time_to_pause(data: Runs, out: Path) -> list[Path]:
                 for mode in MODES for pp in sorted(cell["pause_point"].unique())
                 if ((cell["mode"] == mode) & (cell["pause_point"] == pp)).any()]
 
-    fig = _panels(data.measured, [("pause_api_s", "pause call to return (ms)"),
+    fig = _panels(data.plain, [("pause_api_s", "pause call to return (ms)"),
                                   ("quiesce_s", "pause call to last token (ms)")], by_mode_and_point,
                   reference_itl=True, log=True)
     fig.suptitle("Time to pause, by mode and pause point (points: repeats; log scale above 1 ms)")
@@ -197,13 +204,37 @@ def gap(data: Runs, out: Path) -> list[Path]:
         return [(f"{mt} tok x{c}", cell[(cell["max_tokens"] == mt) & (cell["concurrency"] == c)][metric],
                  MODE_COLORS["keep"]) for mt, c in keys]
 
-    m = data.measured
+    m = data.plain
     fig = _panels(m[m["mode"] == "keep"], [("gap_excess_s", "gap minus hold (ms)"),
                                           ("resume_ttft_s", "resume call to first token (ms)")],
                   by_length_and_streams)
-    fig.suptitle("What a keep pause adds beyond the hold, by max_tokens and streams")
+    fig.suptitle("What a keep pause (clear_cache=True) adds beyond the hold, by max_tokens and streams")
     fig.tight_layout()
     return _save(fig, out, "gap", data)
+
+
+def clear_cache(data: Runs, out: Path) -> list[Path]:
+    """Keep pauses with clear_cache True against False: the resume side, where the
+    preempted requests' re-prefill shows. Nothing is drawn for runs with one value."""
+    m = data.measured
+    m = m[(m["mode"] == "keep") & (m["cycle"] == "pause") & (m["arrivals"] == 0)]
+    if m["clear_cache"].nunique() < 2:
+        return []
+    colors = {True: MODE_COLORS["keep"], False: "#ff7f0e"}
+
+    def by_cache_and_streams(cell: pd.DataFrame, metric: str) -> list[tuple[str, pd.Series, str]]:
+        keys = sorted({(bool(a), int(b)) for a, b in zip(cell["clear_cache"], cell["concurrency"])},
+                      key=lambda k: (k[1], not k[0]))
+        return [(f"{'clear' if cc else 'keep cache'} x{c}",
+                 cell[(cell["clear_cache"] == cc) & (cell["concurrency"] == c)][metric], colors[cc])
+                for cc, c in keys]
+
+    fig = _panels(m, [("gap_excess_s", "gap minus hold (ms)"),
+                      ("resume_all_s", "resume call to every request's next token (ms)")],
+                  by_cache_and_streams, reference_itl=True)
+    fig.suptitle("Keep pauses: clear_cache=True (preempts and re-prefills the kept requests) against False")
+    fig.tight_layout()
+    return _save(fig, out, "clear_cache", data)
 
 
 def leak(data: Runs, out: Path) -> list[Path]:
@@ -237,7 +268,8 @@ def leak(data: Runs, out: Path) -> list[Path]:
     return _save(fig, out, "leak", data)
 
 
-FIGURES = {"timeline": timeline, "time_to_pause": time_to_pause, "gap": gap, "leak": leak}
+FIGURES = {"timeline": timeline, "time_to_pause": time_to_pause, "gap": gap, "clear_cache": clear_cache,
+           "leak": leak}
 
 
 def plot_all(dirs: list[Path], out: Path) -> dict[str, list[Path]]:

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 
-from bench_pause.scenario import Grid, ScenarioError
+from bench_pause.scenario import CYCLES, Grid, ScenarioError
 
 PROFILES: dict[str, Grid] = {
-    # A few minutes on a 2-core CPU (CI): every mode, both backends, dp 1 and 2.
+    # A few minutes on a 2-core CPU (CI): every mode, both backends, dp 1 and 2, clear_cache
+    # both ways, two requests (one per rank at dp 2). 256 tokens last ~0.4 s on the tiny
+    # model: a shorter request can finish before a pause sent by a CPU-starved client lands.
     "quick": Grid(backends=("offline", "http"), dp_sizes=(1, 2), modes=("keep", "abort", "wait"),
-                  pause_points=("prefill", "tokens:5"), max_tokens=(64,), concurrency=(1,),
-                  holds=(0.5,), clear_cache=(True,), repeats=2),
-    # The grid worth publishing: about 5 minutes per backend on one H100 (eager OPT-125m).
+                  pause_points=("prefill", "tokens:5"), max_tokens=(256,), concurrency=(2,),
+                  holds=(0.5,), clear_cache=(True, False), repeats=2),
+    # The grid worth publishing: about 8 minutes per backend on one H100 (eager OPT-125m).
     "default": Grid(backends=("offline", "http"), dp_sizes=(1, 2), modes=("keep", "abort", "wait"),
                     pause_points=("prefill", "tokens:16", "frac:0.5"), max_tokens=(32, 128),
-                    concurrency=(1, 8), holds=(0.5,), clear_cache=(True,), repeats=3),
-    # Everything: hours on a GPU.
+                    concurrency=(1, 8), holds=(0.5,), clear_cache=(True, False), repeats=3),
+    # Everything, edge cycles and requests arriving during the pause included: hours on a GPU.
     "full": Grid(backends=("offline", "http"), dp_sizes=(1, 2, 4), modes=("keep", "abort", "wait"),
                  pause_points=("prefill", "tokens:1", "tokens:16", "frac:0.25", "frac:0.5", "frac:0.9"),
-                 max_tokens=(32, 128, 512), concurrency=(1, 4, 16, 64), holds=(0.1, 1.0),
-                 clear_cache=(True, False), repeats=5),
+                 max_tokens=(32, 128, 512), concurrency=(1, 4, 16, 64), holds=(0.0, 0.1, 1.0),
+                 clear_cache=(True, False), arrivals=(0, 4), cycles=CYCLES, repeats=5),
 }
 
 

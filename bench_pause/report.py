@@ -18,6 +18,10 @@ CAPTIONS = {
                      "one decode step.",
     "gap": "What a keep pause costs beyond the hold: the first request's gap minus the hold (top) and "
            "resume call to the next token (bottom), by request length and concurrency.",
+    "clear_cache": "Keep pauses with clear_cache=True (vLLM's default: the running requests are preempted "
+                   "and their prompts and generated tokens prefilled again after resume) against False: the "
+                   "gap beyond the hold (top) and resume call to the moment every request has its next token "
+                   "(bottom), by concurrency; the dashed line is one decode step.",
     "leak": "Tokens delivered between the pause's return and the resume call. A correct engine "
             "delivers none; a leak is drawn in red.",
 }
@@ -60,6 +64,8 @@ def _section(title: str, dirs: list[Path], out: Path) -> list[str]:
                      + f" Raw results: [{rel}/]({rel}/).")
     lines.append("")
     for name, paths in figures.items():
+        if not paths:  # a figure with nothing to show for these runs
+            continue
         png = os.path.relpath(paths[0], out)
         lines += [f"### {name.replace('_', ' ')}", "", CAPTIONS[name], "", f"![{name}]({png})", ""]
     lines += ["### Medians per scenario", "",

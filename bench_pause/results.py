@@ -6,6 +6,7 @@ interrupted sweep leaves valid files holding every measurement finished before i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -13,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench_pause.measure import Measurement
+from bench_pause.metrics import HEADLINE
+from bench_pause.scenario import Scenario
 
 RUNS, TOKENS, EVENTS, META = "runs.parquet", "tokens.parquet", "events.parquet", "meta.json"
 
@@ -32,6 +35,19 @@ def read_meta(run_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _with_new_axes(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs recorded before a scenario axis existed ran at its default: fill it in, so
+    old and new runs group, compare and resume alike. A headline metric added since is
+    NaN there (it was not measured)."""
+    for f in dataclasses.fields(Scenario):
+        if f.name not in runs and f.default is not dataclasses.MISSING:
+            runs[f.name] = f.default
+    for metric in HEADLINE:
+        if metric not in runs:
+            runs[metric] = float("nan")
+    return runs
+
+
 class RunDir:
     """Appends measurements to a run directory, keeping what is already there."""
 
@@ -43,7 +59,8 @@ class RunDir:
 
     def _read(self, name: str) -> pd.DataFrame:
         file = self.path / name
-        return pd.read_parquet(file) if file.exists() else pd.DataFrame()
+        df = pd.read_parquet(file) if file.exists() else pd.DataFrame()
+        return _with_new_axes(df) if name == RUNS and len(df) else df
 
     def next_id(self) -> int:
         return int(self.runs["measurement"].max()) + 1 if len(self.runs) else 0

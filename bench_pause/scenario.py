@@ -16,6 +16,13 @@ from typing import Iterable, Sequence
 
 MODES = ("keep", "abort", "wait")
 BACKENDS = ("offline", "http")
+# What is done around the pause. ``pause``: the normal cycle (pause, hold, resume). The
+# others are the edge cycles that have deadlocked DP engines upstream: ``idle`` pauses and
+# resumes an engine with nothing running (the requests are sent after the resume, to show
+# it still serves); ``double_resume`` calls resume a second time while not paused;
+# ``double_pause`` calls pause again while the first pause call is still in progress.
+# (Back to back with no hold is the hold axis at 0.)
+CYCLES = ("pause", "idle", "double_resume", "double_pause")
 
 
 class ScenarioError(ValueError):
@@ -81,6 +88,8 @@ class Scenario:
     concurrency: int
     hold_s: float
     clear_cache: bool
+    arrivals: int = 0
+    cycle: str = "pause"
     repeat: int = 0
 
     def __post_init__(self) -> None:
@@ -102,6 +111,10 @@ class Scenario:
             raise ScenarioError(f"dp size must be >= 1, got {self.dp_size}")
         if not (self.hold_s >= 0):
             raise ScenarioError(f"hold must be >= 0 seconds, got {self.hold_s}")
+        if self.arrivals < 0:
+            raise ScenarioError(f"arrivals during the pause must be >= 0, got {self.arrivals}")
+        if self.cycle not in CYCLES:
+            raise ScenarioError(f"unknown cycle {self.cycle!r}: choose from {', '.join(CYCLES)}")
 
     @property
     def point(self) -> PausePoint:
@@ -129,7 +142,8 @@ class Scenario:
         return (
             f"{self.backend} dp{self.dp_size} {self.mode} @{self.pause_point} "
             f"max{self.max_tokens} c{self.concurrency} hold{self.hold_s:g}"
-            f"{'' if self.clear_cache else ' keepcache'} #{self.repeat}"
+            f"{'' if self.clear_cache else ' keepcache'}{f' +{self.arrivals}' if self.arrivals else ''}"
+            f"{'' if self.cycle == 'pause' else ' ' + self.cycle} #{self.repeat}"
         )
 
 
@@ -145,17 +159,25 @@ class Grid:
     concurrency: Sequence[int] = (1,)
     holds: Sequence[float] = (0.5,)
     clear_cache: Sequence[bool] = (True,)
+    arrivals: Sequence[int] = (0,)
+    cycles: Sequence[str] = ("pause",)
     repeats: int = 3
 
     def scenarios(self) -> list[Scenario]:
-        """Every combination, validated; raises ScenarioError on the first bad one."""
+        """Every combination, validated; raises ScenarioError on the first bad one.
+
+        When the grid has both clear_cache values, ``wait`` runs only with True: a wait
+        pause drains the running requests before the cache is cleared, so False changes
+        nothing but what the prefix cache still holds. Asked for alone, it still runs.
+        """
         if self.repeats < 1:
             raise ScenarioError(f"repeats must be >= 1, got {self.repeats}")
         combos = itertools.product(
             self.backends, self.dp_sizes, self.modes, self.pause_points, self.max_tokens,
-            self.concurrency, self.holds, self.clear_cache, range(self.repeats),
+            self.concurrency, self.holds, self.clear_cache, self.arrivals, self.cycles, range(self.repeats),
         )
-        return [Scenario(*combo) for combo in combos]
+        both = len(set(self.clear_cache)) > 1
+        return [Scenario(*combo) for combo in combos if not (both and combo[2] == "wait" and not combo[7])]
 
 
 def group_by_engine(scenarios: Iterable[Scenario], seed: int) -> dict[tuple[str, int], list[Scenario]]:

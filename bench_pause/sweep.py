@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from bench_pause import meta, vllm_compat
+from bench_pause import meta, summary, vllm_compat
 from bench_pause.backends.base import Session, StartupFailed, Timeouts
-from bench_pause.measure import measure
+from bench_pause.measure import attempts, measure
 from bench_pause.results import META, RunDir, read_meta, write_json
 from bench_pause.scenario import Grid, Scenario, ScenarioError, group_by_engine
 
@@ -108,7 +108,7 @@ def plan(cfg: SweepConfig, say: Say = print) -> Plan:
     if cfg.resume:
         runs = RunDir(cfg.out).runs
         if len(runs):
-            measured = runs[~runs["warmup"]]
+            measured = summary.measured(runs)
             done = {tuple(r) for r in measured[Scenario.columns()].itertuples(index=False)}
     todo = [sc for sc in scenarios if tuple(sc.as_dict().values()) not in done]
     skipped = [f"{len(scenarios) - len(todo)} cells already measured"] if done else []
@@ -202,7 +202,7 @@ async def run(p: Plan, progress: Progress | None = None) -> Outcome:
                     return outcome
     finally:
         info["finished"] = meta.now()
-        info["measured"] = int((~rundir.runs["warmup"]).sum()) if len(rundir.runs) else 0
+        info["measured"] = len(summary.measured(rundir.runs))
         write_json(meta_path, info)
     return outcome
 
@@ -222,11 +222,12 @@ async def _run_cells(session: Session, queue: list[Scenario], rundir: RunDir, en
     while queue:
         sc = queue.pop(0)
         progress.cell(sc.label)
-        t0 = time.monotonic()
-        m = await measure(session, sc, cfg.timeouts, rng)
-        rundir.append(m, {"warmup": False, "engine": engine_no, "pause_index": pause_index,
-                          "wall_s": time.monotonic() - t0})
-        pause_index += 1
+        t0, attempt = time.monotonic(), 0
+        async for m in attempts(session, sc, cfg.timeouts, rng):  # a missed pause is measured again
+            rundir.append(m, {"warmup": False, "engine": engine_no, "pause_index": pause_index,
+                              "wall_s": time.monotonic() - t0, "attempt": attempt})
+            pause_index += 1
+            t0, attempt = time.monotonic(), attempt + 1
         outcome.measured += 1
         progress.advance()
         if m.metrics["error"]:

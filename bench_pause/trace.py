@@ -23,6 +23,16 @@ PAUSE_RETURN = "pause_return"
 RESUME_CALL = "resume_call"
 RESUME_RETURN = "resume_return"
 FINISH = "finish"
+# Facts recorded beside them: a request's prompt length (detail), all requests submitted
+# during a pause taken in by the engine, the duplicate calls of the edge cycles, and the
+# engine's preemption counters per engine (JSON) before and after the measurement.
+PROMPT = "prompt"
+ADMITTED = "admitted"
+PAUSE_CALL_2 = "pause_call_2"
+PAUSE_RETURN_2 = "pause_return_2"
+RESUME_CALL_2 = "resume_call_2"
+RESUME_RETURN_2 = "resume_return_2"
+COUNTERS = "counters"
 
 
 @dataclass

@@ -14,6 +14,7 @@ import importlib.metadata
 import inspect
 import os
 import platform
+import re
 import shlex
 from dataclasses import dataclass
 
@@ -100,6 +101,20 @@ async def before_pause() -> None:
 async def call_pause(engine: object, api: str, mode: str, clear_cache: bool) -> None:
     await before_pause()
     await engine.pause_generation(**pause_kwargs(api, mode, clear_cache))
+
+
+_PREEMPTIONS = re.compile(r'^vllm:num_preemptions_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)', re.M)
+
+
+def preemptions(prometheus_text: str) -> dict[str, float]:
+    """Per-engine ``vllm:num_preemptions`` from Prometheus exposition text (vLLM labels
+    each engine of a data-parallel deployment with ``engine="<index>"``)."""
+    out: dict[str, float] = {}
+    for m in _PREEMPTIONS.finditer(prometheus_text):
+        engine = re.search(r'engine="(\d+)"', m["labels"])
+        key = engine.group(1) if engine else "0"
+        out[key] = out.get(key, 0.0) + float(m["value"])
+    return out
 
 
 def on_gpu() -> bool:

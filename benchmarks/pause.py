@@ -1,11 +1,12 @@
-"""asv suite: what a pause costs, per backend, over dp size, mode, pause point, max_tokens
-and concurrency.
+"""asv suite: what a pause costs, per backend, over dp size, mode, pause point, max_tokens,
+concurrency and clear_cache.
 
 One sweep per backend runs in ``setup_cache`` (one engine per dp size, not one per
 parameter combination), through the same ``bench-pause run`` a user runs; the track_
 benchmarks then read its measurements. The grid is a named profile, chosen with
 BENCH_PAUSE_PROFILE (default: quick). Combinations the host cannot run (dp larger than
-its GPUs) have no measurements and are skipped.
+its GPUs, or wait with clear_cache False, which the profiles leave out) have no
+measurements and are skipped.
 
 Each track_ benchmark returns ``{"samples": [...], "number": 1}``: asv 0.6's runner
 treats any result of that shape like a timing benchmark's, so it stores the per-repeat
@@ -27,10 +28,10 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 try:
-    from bench_pause import profiles
+    from bench_pause import profiles, results, summary
 except ImportError:  # not installed (a GPU box running from the checkout): use the checkout
     sys.path.insert(0, str(ROOT))
-    from bench_pause import profiles
+    from bench_pause import profiles, results, summary
 
 PROFILE = os.environ.get("BENCH_PAUSE_PROFILE", "quick")
 GRID = profiles.get(PROFILE)
@@ -45,24 +46,24 @@ def sweep(backend: str) -> pd.DataFrame:
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0 or not (out / "runs.parquet").exists():
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    runs = pd.read_parquet(out / "runs.parquet")
-    return runs[~runs["warmup"]]
+    return summary.measured(results.load(out)[0])
 
 
 class _Pause:
-    param_names = ["dp_size", "mode", "pause_point", "max_tokens", "concurrency"]
+    param_names = ["dp_size", "mode", "pause_point", "max_tokens", "concurrency", "clear_cache"]
     params = [list(GRID.dp_sizes), list(GRID.modes), list(GRID.pause_points), list(GRID.max_tokens),
-              list(GRID.concurrency)]
+              list(GRID.concurrency), list(GRID.clear_cache)]
     timeout = 7200  # engine start-ups (tens of seconds to minutes each) and the whole sweep
     number = 1
     repeat = 1
 
     def setup(self, runs: pd.DataFrame, dp_size: int, mode: str, pause_point: str, max_tokens: int,
-              concurrency: int) -> None:
+              concurrency: int, clear_cache: bool) -> None:
         cell = runs[(runs["dp_size"] == dp_size) & (runs["mode"] == mode) & (runs["pause_point"] == pause_point)
-                    & (runs["max_tokens"] == max_tokens) & (runs["concurrency"] == concurrency)]
+                    & (runs["max_tokens"] == max_tokens) & (runs["concurrency"] == concurrency)
+                    & (runs["clear_cache"] == clear_cache)]
         if not len(cell):
-            raise NotImplementedError("not measured on this host (dp size larger than its GPUs?)")
+            raise NotImplementedError("not measured (dp size larger than the GPUs, or wait without clear_cache)")
         self.cell = cell
 
     def _samples(self, metric: str) -> dict | float:
@@ -81,6 +82,14 @@ class _Pause:
     def track_resume_ttft_s(self, *_: object) -> dict | float:
         return self._samples("resume_ttft_s")
 
+    def track_resume_all_s(self, *_: object) -> dict | float:
+        """Until every request is moving again: where a keep pause's cache clearing shows."""
+        return self._samples("resume_all_s")
+
+    def track_preemptions(self, *_: object) -> float:
+        """Requests vLLM preempted per pause (median): clear_cache=True preempts kept ones."""
+        return float(self.cell["preemptions"].median())
+
     def track_leak_tokens(self, *_: object) -> float:
         return float(self.cell["leak_tokens"].max())
 
@@ -89,7 +98,8 @@ class _Pause:
         return float((~self.cell["ok"].astype(bool)).sum())
 
     track_pause_api_s.unit = track_quiesce_s.unit = track_gap_excess_s.unit = "seconds"
-    track_resume_ttft_s.unit = "seconds"
+    track_resume_ttft_s.unit = track_resume_all_s.unit = "seconds"
+    track_preemptions.unit = "requests"
     track_leak_tokens.unit = "tokens"
     track_not_ok.unit = "measurements"
 

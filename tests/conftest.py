@@ -74,11 +74,17 @@ def http_session(loop, engine_config, tmp_path_factory):
 
 @pytest.fixture
 def measure_on(loop):
-    """measure_on(session, scenario) -> Measurement, on the shared loop."""
-    from bench_pause.measure import measure
+    """measure_on(session, scenario) -> Measurement, on the shared loop; like the sweep,
+    a pause that missed the first request is measured again (the last attempt counts)."""
+    from bench_pause.measure import attempts
+
+    async def last(session, scenario, timeouts):
+        async for m in attempts(session, scenario, timeouts, random.Random(0)):
+            pass
+        return m
 
     def run(session, scenario, timeouts: Timeouts | None = None):
-        return loop.run_until_complete(measure(session, scenario, timeouts or Timeouts(), random.Random(0)))
+        return loop.run_until_complete(last(session, scenario, timeouts or Timeouts()))
     return run
 
 

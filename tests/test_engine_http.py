@@ -18,8 +18,9 @@ from .conftest import bench_pause
 pytestmark = pytest.mark.engine
 
 
-def scenario(mode: str, point: str = "tokens:5", concurrency: int = 1) -> Scenario:
-    return Scenario("http", 1, mode, point, 48, concurrency, 0.3, True)
+def scenario(mode: str, point: str = "tokens:5", concurrency: int = 1, clear_cache: bool = True,
+             arrivals: int = 0, cycle: str = "pause") -> Scenario:
+    return Scenario("http", 1, mode, point, 48, concurrency, 0.3, clear_cache, arrivals, cycle)
 
 
 def test_keep_over_http(http_session, measure_on):
@@ -75,3 +76,19 @@ def test_url_on_a_closed_port_fails_fast_with_one_line(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "no vLLM server answers" in lines[0]
     assert not (tmp_path / "x" / "runs.parquet").exists()
+
+
+def test_preemptions_are_read_from_the_servers_metrics(http_session, measure_on):
+    for clear_cache, preempted in ((True, 2), (False, 0)):
+        v = measure_on(http_session, scenario("keep", concurrency=2, clear_cache=clear_cache)).metrics
+        assert v["ok"] and v["preemptions"] == preempted, (clear_cache, v["preemptions"])
+
+
+def test_arrivals_and_edge_cycles_over_http(http_session, measure_on):
+    m = measure_on(http_session, scenario("keep", concurrency=2, arrivals=2))
+    assert m.metrics["ok"] and m.metrics["arrivals_ttft_s"] > 0
+    resume_call = m.events.loc[m.events["event"] == "resume_call", "t"].iloc[0]
+    assert (m.tokens.loc[m.tokens["request"] >= 2, "t"] > resume_call).all()
+    for cycle in ("idle", "double_resume", "double_pause"):
+        v = measure_on(http_session, scenario("keep", concurrency=2, cycle=cycle)).metrics
+        assert v["ok"] and v["error"] == "", (cycle, v)

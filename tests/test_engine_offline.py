@@ -12,8 +12,8 @@ pytestmark = pytest.mark.engine
 
 
 def scenario(mode: str, point: str = "tokens:5", concurrency: int = 1, max_tokens: int = 48,
-             hold: float = 0.3) -> Scenario:
-    return Scenario("offline", 1, mode, point, max_tokens, concurrency, hold, True)
+             hold: float = 0.3, clear_cache: bool = True, arrivals: int = 0, cycle: str = "pause") -> Scenario:
+    return Scenario("offline", 1, mode, point, max_tokens, concurrency, hold, clear_cache, arrivals, cycle)
 
 
 def test_keep_leaks_nothing_and_delivers_every_token(offline_session, measure_on):
@@ -74,3 +74,32 @@ def test_engine_timestamps_are_recorded(offline_session, measure_on):
     assert m.tokens["engine_t"].notna().all()
     # Engine core and client share CLOCK_MONOTONIC: the engine stamps before the client sees.
     assert (m.tokens["engine_t"] <= m.tokens["t"]).all()
+
+
+@pytest.mark.parametrize("clear_cache", [True, False])
+def test_keep_preempts_the_kept_requests_only_when_clearing_the_cache(offline_session, measure_on, clear_cache):
+    v = measure_on(offline_session, scenario("keep", concurrency=2, clear_cache=clear_cache)).metrics
+    assert v["ok"] and v["leak_tokens"] == 0
+    assert v["preemptions"] == (2 if clear_cache else 0)
+    assert (v["reprefill_tokens"] > 0) == clear_cache
+    assert 0 < v["resume_engine_s"] <= v["resume_ttft_s"] <= v["resume_all_s"]
+
+
+@pytest.mark.parametrize("mode", ["keep", "abort", "wait"])
+def test_requests_sent_while_paused_are_served_only_after_resume(offline_session, measure_on, mode):
+    m = measure_on(offline_session, scenario(mode, concurrency=2, arrivals=3))
+    v = m.metrics
+    assert v["ok"] and v["leak_tokens"] == 0, v
+    resume_call = m.events.loc[m.events["event"] == "resume_call", "t"].iloc[0]
+    arrivals = m.tokens[m.tokens["request"] >= 2]
+    assert sorted(arrivals["request"].unique()) == [2, 3, 4] and (arrivals["t"] > resume_call).all()
+    assert v["arrivals_admitted_s"] < 0.3 and v["arrivals_ttft_s"] > 0
+
+
+@pytest.mark.parametrize("cycle", ["idle", "double_resume", "double_pause"])
+@pytest.mark.parametrize("mode", ["keep", "abort"])
+def test_edge_cycles_complete_and_leave_the_engine_serving(offline_session, measure_on, loop, cycle, mode):
+    m = measure_on(offline_session, scenario(mode, concurrency=2, cycle=cycle, hold=0.1))
+    assert m.metrics["error"] == "" and m.metrics["ok"], m.metrics
+    assert loop.run_until_complete(offline_session.is_paused()) is False
+    assert measure_on(offline_session, scenario("keep")).metrics["ok"]

@@ -83,7 +83,9 @@ class DelayFirstCell(sweep.Progress):
 
 def test_a_pause_that_does_not_return_in_time_is_recorded_and_the_engine_restarted(
         engine_config, loop, tmp_path, monkeypatch):
-    grid = Grid(backends=("offline",), modes=("keep",), max_tokens=(32,), holds=(0.1,), repeats=2)
+    # The edge cycle a hang is likeliest in: a second pause while the first is in progress.
+    grid = Grid(backends=("offline",), modes=("keep",), max_tokens=(32,), holds=(0.1,), cycles=("double_pause",),
+                repeats=2)
     cfg = sweep.SweepConfig(grid=grid, out=tmp_path, model=engine_config.model,
                             timeouts=Timeouts(startup=300, pause=1, resume=5, stream=30))
     t0 = time.monotonic()

@@ -34,8 +34,10 @@ def trace_of(recorded, mid: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]
 
 
 def pick(recorded, **where) -> int:
-    runs = recorded[0]
-    mask = ~runs["warmup"]
+    """The first measured pause matching ``where``; the plain cycle unless asked otherwise."""
+    runs = summary.measured(recorded[0])
+    where = {"dp_size": 1, "cycle": "pause", "arrivals": 0, "clear_cache": True, **where}
+    mask = pd.Series(True, index=runs.index)
     for k, v in where.items():
         mask &= runs[k] == v
     return int(runs.loc[mask, "measurement"].iloc[0])
@@ -70,7 +72,7 @@ def test_keep_trace(recorded):
     assert v["gap_excess_s"] == pytest.approx(v["gap_s"] - run["hold_s"])
     assert 0 <= v["quiesce_s"] <= v["pause_api_s"]
     assert v["resume_ttft_s"] > 0
-    assert v["tokens_received"] == v["tokens_expected"] == 64
+    assert v["tokens_received"] == v["tokens_expected"] == 128
     # The ITL outside the pause is a decode step, far below the gap.
     assert v["itl_max_s"] < v["gap_s"] / 5
 
@@ -101,7 +103,7 @@ def test_abort_trace(recorded):
     assert json.loads(v["finish_reasons"]) == {"abort": 2}
     assert v["ok"] and np.isnan(v["gap_s"]) and np.isnan(v["resume_ttft_s"])
     # The same trace read as keep breaks keep's contract: tokens are missing.
-    assert not metrics.compute(tokens, events, "keep", 32, 2, run["hold_s"])["ok"]
+    assert not metrics.compute(tokens, events, {**run, "mode": "keep"})["ok"]
 
 
 def test_wait_trace(recorded):
@@ -115,13 +117,105 @@ def test_wait_trace(recorded):
 
 def test_an_error_is_never_ok(recorded):
     tokens, events, run = trace_of(recorded, pick(recorded, backend="offline", mode="keep"))
-    assert not metrics.compute(tokens, events, "keep", 32, int(run["concurrency"]), 0.3, error="timeout: pause")["ok"]
+    assert not metrics.compute(tokens, events, run, error="timeout: pause")["ok"]
 
 
 def test_summary_has_one_row_per_cell(recorded):
     table = summary.cells(recorded[0])
-    assert len(table) == 2 * 3 * 2 * 2  # backends x modes x pause points x concurrency
-    assert (table["n"] == 2).all()
+    # backends x (keep, abort with clear_cache both ways + wait) x pause points x concurrency
+    # x arrivals; dp 2 keep with clear_cache both ways; both backends x keep/abort x 3 edge cycles
+    assert len(table) == 2 * 5 * 2 * 2 * 2 + 2 + 2 * 2 * 3
+    assert (table["n"] >= 1).all()
     header, body = summary.rows(table)
     assert len(body) == len(table) and len(header) == len(body[0])
     assert "| backend |" in summary.markdown(table)
+
+
+@pytest.mark.parametrize("backend", ["offline", "http"])
+def test_clear_cache_preempts_the_kept_requests(recorded, backend):
+    """A keep pause with clear_cache=True preempts every request in flight (vLLM resets
+    the prefix cache with reset_running_requests); with False it preempts none."""
+    for clear, preempted in ((True, 2), (False, 0)):
+        tokens, events, run = trace_of(recorded, pick(recorded, backend=backend, mode="keep", pause_point="tokens:5",
+                                                      concurrency=2, clear_cache=clear))
+        v = metrics.for_measurement(tokens, events, run)
+        assert v["ok"] and v["preemptions"] == preempted, (clear, v["preemptions"])
+        prompts = events.loc[events["event"] == "prompt", "detail"].astype(int)
+        if clear:  # both prompts plus the tokens each had when preempted
+            assert v["reprefill_tokens"] >= prompts.sum() + 2 * 5
+        else:
+            assert v["reprefill_tokens"] == 0
+        assert v["resume_all_s"] >= v["resume_ttft_s"] > 0
+
+
+def test_preemptions_come_from_the_counters_events(recorded):
+    tokens, events, run = trace_of(recorded, pick(recorded, backend="offline", mode="keep", concurrency=2))
+    without = events[events["event"] != "counters"]
+    v = metrics.for_measurement(tokens, without, run)
+    assert np.isnan(v["preemptions"]) and np.isnan(v["reprefill_tokens"])
+
+
+@pytest.mark.parametrize("backend", ["offline", "http"])
+@pytest.mark.parametrize("mode", ["keep", "abort", "wait"])
+def test_requests_sent_while_paused_wait_for_the_resume(recorded, backend, mode):
+    tokens, events, run = trace_of(recorded, pick(recorded, backend=backend, mode=mode, pause_point="tokens:5",
+                                                  concurrency=2, arrivals=2))
+    v = metrics.for_measurement(tokens, events, run)
+    assert v["ok"], v
+    resume = events.loc[events["event"] == RESUME_CALL, "t"].iloc[0]
+    arrivals = tokens[tokens["request"].isin([2, 3])]
+    assert arrivals.groupby("request")["n_tokens"].sum().tolist() == [64, 64]
+    assert (arrivals["t"] >= resume).all()
+    assert 0 < v["arrivals_ttft_s"] < 5 and 0 <= v["arrivals_admitted_s"] < run["hold_s"]
+
+
+def test_an_arrival_served_during_the_pause_is_caught(recorded):
+    tokens, events, run = trace_of(recorded, pick(recorded, backend="offline", mode="keep", concurrency=2,
+                                                  arrivals=2))
+    pause_ret = events.loc[events["event"] == PAUSE_RETURN, "t"].iloc[0]
+    resume = events.loc[events["event"] == RESUME_CALL, "t"].iloc[0]
+    i = tokens.index[tokens["request"] == 3][0]
+    tokens.loc[i, "t"] = (pause_ret + resume) / 2
+    v = metrics.for_measurement(tokens, events, run)
+    assert v["leak_tokens"] >= 1 and not v["ok"]
+
+
+def test_per_rank_figures_at_dp2(recorded):
+    tokens, events, run = trace_of(recorded, pick(recorded, dp_size=2, mode="keep", clear_cache=True))
+    v = metrics.for_measurement(tokens, events, run)
+    ranks = json.loads(v["per_rank"])
+    assert sorted(ranks) == ["0", "1"] and [r["requests"] for r in ranks.values()] == [1, 1]
+    assert [r["preemptions"] for r in ranks.values()] == [1.0, 1.0]
+    assert v["quiesce_worst_s"] == max(r["quiesce_s"] for r in ranks.values())
+    assert v["resume_ttft_worst_s"] == max(r["resume_ttft_s"] for r in ranks.values()) >= v["resume_ttft_s"]
+
+
+@pytest.mark.parametrize("backend", ["offline", "http"])
+@pytest.mark.parametrize("cycle", ["idle", "double_resume", "double_pause"])
+def test_edge_cycles(recorded, backend, cycle):
+    tokens, events, run = trace_of(recorded, pick(recorded, backend=backend, mode="keep", cycle=cycle,
+                                                  concurrency=2))
+    v = metrics.for_measurement(tokens, events, run)
+    assert v["ok"] and v["error"] == "" and v["tokens_received"] == 128
+    if cycle == "idle":  # nothing ran during the pause: no gap, the requests came after the resume
+        resume = events.loc[events["event"] == RESUME_CALL, "t"].iloc[0]
+        assert np.isnan(v["gap_s"]) and (tokens["t"] > resume).all() and np.isnan(v["second_call_s"])
+    else:
+        assert v["second_call_s"] >= 0 and v["gap_s"] >= run["hold_s"]
+    if cycle == "double_pause":  # the second pause was called before the first returned
+        ev = events.set_index("event")["t"]
+        assert ev["pause_call_2"] < ev["pause_return"]
+
+
+def test_a_pause_that_missed_the_request_is_flagged_and_left_out(recorded):
+    runs, tokens_all, events_all, _ = recorded
+    tokens, events, run = trace_of(recorded, pick(recorded, backend="offline", mode="keep", concurrency=1))
+    # Move the pause and resume past the request's end: it finished before the pause came.
+    shift = tokens["t"].max() + 0.01 - events.loc[events["event"] == "pause_call", "t"].iloc[0]
+    control = events["event"].isin(["pause_call", "pause_return", "resume_call", "resume_return"])
+    events.loc[control, "t"] += shift
+    events.loc[events["event"] == "finish", "t"] = tokens["t"].max()
+    v = metrics.for_measurement(tokens, events, run)
+    assert v["missed"] and np.isnan(v["gap_s"])
+    flagged = runs.assign(missed=runs["measurement"] == run.name)
+    assert run.name not in set(summary.measured(flagged)["measurement"])

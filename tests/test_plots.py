@@ -16,7 +16,7 @@ RUN = FIXTURES / "cpu-run"
 
 def test_every_figure_is_a_real_image(tmp_path):
     figures = plots.plot_all([RUN], tmp_path)
-    assert set(figures) == {"timeline", "time_to_pause", "gap", "leak"}
+    assert set(figures) == {"timeline", "time_to_pause", "gap", "clear_cache", "leak"}
     for name, (png, svg) in figures.items():
         image = mpimg.imread(png)
         assert image.shape[0] > 300 and image.shape[1] > 500, name
@@ -40,7 +40,7 @@ def test_report_references_every_figure_it_wrote(tmp_path):
     text = index.read_text()
     linked = set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text))
     written = {str(p.relative_to(tmp_path / "docs")) for p in (tmp_path / "docs" / "figures").rglob("*.png")}
-    assert linked == written and len(written) == 4
+    assert linked == written and len(written) == 5
     assert "| backend |" in text and "vLLM 0.32.0" in text
 
 

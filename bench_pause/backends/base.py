@@ -83,8 +83,13 @@ class Session(abc.ABC):
 
     @abc.abstractmethod
     async def stream(self, request: int, prompt: str, max_tokens: int, trace: Trace,
-                     on_count: OnCount) -> None:
-        """Submit one request and record its tokens and finish reason into ``trace``."""
+                     on_count: OnCount, rank: int | None = None) -> None:
+        """Submit one request and record its tokens, prompt length and finish reason into
+        ``trace``; ``rank`` routes it to one data-parallel rank (None: vLLM's balancer)."""
+
+    @abc.abstractmethod
+    async def preemptions(self) -> dict[str, float]:
+        """vLLM's cumulative ``vllm:num_preemptions`` per engine index ({} if unreadable)."""
 
     @abc.abstractmethod
     def admitted(self) -> int:

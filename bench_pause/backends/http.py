@@ -23,7 +23,7 @@ import aiohttp
 from bench_pause import procs, vllm_compat
 from bench_pause.backends.base import OnCount, Session, SessionInfo, StartupFailed, Timeouts
 from bench_pause.scenario import ScenarioError
-from bench_pause.trace import FINISH, SUBMIT, Trace
+from bench_pause.trace import FINISH, PROMPT, SUBMIT, Trace
 from bench_pause.vllm_compat import EngineConfig
 
 LOG_TAIL_LINES = 25
@@ -141,15 +141,16 @@ class HttpSession(Session):
     # -- measurement -----------------------------------------------------------------
 
     async def stream(self, request: int, prompt: str, max_tokens: int, trace: Trace,
-                     on_count: OnCount) -> None:
+                     on_count: OnCount, rank: int | None = None) -> None:
         body = {
             "model": self.model_id, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
             "ignore_eos": True, "stream": True,
             "stream_options": {"include_usage": True, "continuous_usage_stats": True},
         }
-        finish, seen = "none", 0
+        finish, seen, prompt_seen = "none", 0, False
+        headers = {"X-data-parallel-rank": str(rank)} if rank is not None else None
         trace.event(SUBMIT, request)
-        async with self.client.post(f"{self.url}/v1/completions", json=body) as resp:
+        async with self.client.post(f"{self.url}/v1/completions", json=body, headers=headers) as resp:
             if resp.status != 200:
                 raise RuntimeError(f"/v1/completions answered {resp.status}: {(await resp.text())[:200]}")
             self._open_streams += 1
@@ -163,6 +164,9 @@ class HttpSession(Session):
                         break
                     chunk = json.loads(data)
                     usage = chunk.get("usage") or {}
+                    if not prompt_seen and "prompt_tokens" in usage:
+                        trace.event(PROMPT, request, detail=str(usage["prompt_tokens"]))
+                        prompt_seen = True
                     total = usage.get("completion_tokens", seen)
                     if total > seen:
                         on_count(request, trace.token(request, total - seen))
@@ -198,3 +202,10 @@ class HttpSession(Session):
     async def is_paused(self) -> bool:
         async with self.client.get(f"{self.url}/is_paused") as r:
             return bool((await r.json())["is_paused"])
+
+    async def preemptions(self) -> dict[str, float]:
+        try:
+            async with self.client.get(f"{self.url}/metrics", timeout=aiohttp.ClientTimeout(total=5)) as r:
+                return vllm_compat.preemptions(await r.text()) if r.status == 200 else {}
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return {}

@@ -12,7 +12,7 @@ import uuid
 
 from bench_pause import procs, vllm_compat
 from bench_pause.backends.base import OnCount, Session, SessionInfo, StartupFailed, Timeouts
-from bench_pause.trace import FINISH, SUBMIT, Trace
+from bench_pause.trace import FINISH, PROMPT, SUBMIT, Trace
 from bench_pause.vllm_compat import EngineConfig
 
 
@@ -51,7 +51,7 @@ class OfflineSession(Session):
         self._pids = procs.descendants() - before
 
     async def stream(self, request: int, prompt: str, max_tokens: int, trace: Trace,
-                     on_count: OnCount) -> None:
+                     on_count: OnCount, rank: int | None = None) -> None:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -59,7 +59,12 @@ class OfflineSession(Session):
                                 output_kind=RequestOutputKind.DELTA)
         finish = "none"
         trace.event(SUBMIT, request)
-        async for out in self.engine.generate(prompt, params, request_id=f"{uuid.uuid4().hex}-{request}"):
+        prompt_seen = False
+        async for out in self.engine.generate(prompt, params, request_id=f"{uuid.uuid4().hex}-{request}",
+                                              data_parallel_rank=rank):
+            if not prompt_seen and out.prompt_token_ids is not None:
+                trace.event(PROMPT, request, detail=str(len(out.prompt_token_ids)))
+                prompt_seen = True
             completion = out.outputs[0]
             n = len(completion.token_ids)
             if n:
@@ -85,6 +90,11 @@ class OfflineSession(Session):
 
     async def is_paused(self) -> bool:
         return bool(await self.engine.is_paused())
+
+    async def preemptions(self) -> dict[str, float]:
+        # vLLM's Prometheus logger keeps its counters in this process's default registry.
+        from prometheus_client import REGISTRY, generate_latest
+        return vllm_compat.preemptions(generate_latest(REGISTRY).decode())
 
     def alive(self) -> bool:
         if self.engine is None or not procs.alive(self._pids):
