@@ -41,7 +41,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cycle", nargs="+", choices=CYCLES, dest="cycles",
                    help="what is done around the pause: the normal cycle or an edge cycle (README)")
     p.add_argument("--repeats", type=int)
-    p.add_argument("--model", help="model directory or Hugging Face id (default: a generated model)")
+    p.add_argument("--model", help="model directory, Hugging Face id, or a preset built on first use: "
+                                    "tiny, opt-125m, tiny-moe (default: a generated model)")
     p.add_argument("--engine-args", default="", help="vLLM engine flags, as `vllm serve` takes them")
     p.add_argument("--url", help="measure this running server (http backend) instead of launching one")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: results/run-<time>)")

@@ -14,6 +14,7 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 # Bump when a preset's files change, so cached copies are rebuilt.
 PRESET_REVISION = 1
@@ -22,7 +23,7 @@ HF_OPT_125M = "facebook/opt-125m"
 
 @dataclass(frozen=True)
 class Preset:
-    """The shape of a generated model."""
+    """The shape of a generated model: OPT (dense) or Mixtral (MoE) layout."""
 
     name: str
     layers: int
@@ -32,8 +33,13 @@ class Preset:
     vocab: int
     max_positions: int
     dtype: str
+    experts: int = 0  # > 0: a Mixtral with this many experts per layer
+    top_k: int = 2
 
-    def opt_config(self) -> dict:
+    def config(self) -> dict:
+        return self._mixtral_config() if self.experts else self._opt_config()
+
+    def _opt_config(self) -> dict:
         return {
             "architectures": ["OPTForCausalLM"],
             "model_type": "opt",
@@ -59,6 +65,32 @@ class Preset:
             "use_cache": True,
         }
 
+    def _mixtral_config(self) -> dict:
+        return {
+            "architectures": ["MixtralForCausalLM"],
+            "model_type": "mixtral",
+            "vocab_size": self.vocab,
+            "hidden_size": self.hidden,
+            "intermediate_size": self.ffn,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.heads,
+            "num_local_experts": self.experts,
+            "num_experts_per_tok": self.top_k,
+            "max_position_embeddings": self.max_positions,
+            "hidden_act": "silu",
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            "sliding_window": None,
+            "tie_word_embeddings": False,
+            "router_aux_loss_coef": 0.0,
+            "pad_token_id": 1,
+            "bos_token_id": 2,
+            "eos_token_id": 2,
+            "torch_dtype": self.dtype,
+            "use_cache": True,
+        }
+
 
 PRESETS = {
     # Small enough for a 2-core CPU; head_dim 64 because vLLM's CPU attention rejects 16.
@@ -67,6 +99,10 @@ PRESETS = {
     # OPT-125m's exact shape.
     "opt-125m": Preset("opt-125m", layers=12, hidden=768, heads=12, ffn=3072, vocab=50272,
                        max_positions=2048, dtype="float16"),
+    # The tiny Mixtral of FACTS.md (4 layers, hidden 512, 8 heads, 8 experts, top-2): the
+    # MoE path (and its resume stall) on a GPU. vLLM's CPU backend cannot run MoE models.
+    "tiny-moe": Preset("tiny-moe", layers=4, hidden=512, heads=8, ffn=1024, vocab=8192,
+                       max_positions=4096, dtype="bfloat16", experts=8, top_k=2),
 }
 
 _SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa", "qu", "dor",
@@ -98,35 +134,65 @@ def _train_tokenizer(vocab: int, out: Path) -> None:
     fast.save_pretrained(str(out))
 
 
+def _opt_tensors(preset: Preset, rand: Callable[..., "torch.Tensor"], ones: Callable, zeros: Callable) -> dict:
+    h, f = preset.hidden, preset.ffn
+    tensors = {
+        "model.decoder.embed_tokens.weight": rand(preset.vocab, h),
+        # OPT's learned positions are offset by 2.
+        "model.decoder.embed_positions.weight": rand(preset.max_positions + 2, h),
+        "model.decoder.final_layer_norm.weight": ones(h),
+        "model.decoder.final_layer_norm.bias": zeros(h),
+    }
+    for i in range(preset.layers):
+        p = f"model.decoder.layers.{i}."
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            tensors[p + f"self_attn.{proj}.weight"] = rand(h, h)
+            tensors[p + f"self_attn.{proj}.bias"] = zeros(h)
+        for ln in ("self_attn_layer_norm", "final_layer_norm"):
+            tensors[p + f"{ln}.weight"] = ones(h)
+            tensors[p + f"{ln}.bias"] = zeros(h)
+        tensors[p + "fc1.weight"], tensors[p + "fc1.bias"] = rand(f, h), zeros(f)
+        tensors[p + "fc2.weight"], tensors[p + "fc2.bias"] = rand(h, f), zeros(h)
+    return tensors
+
+
+def _mixtral_tensors(preset: Preset, rand: Callable[..., "torch.Tensor"], ones: Callable, zeros: Callable) -> dict:
+    """The classic Mixtral checkpoint layout (block_sparse_moe.experts.J.w1/w2/w3)."""
+    h, f = preset.hidden, preset.ffn
+    tensors = {"model.embed_tokens.weight": rand(preset.vocab, h), "model.norm.weight": ones(h),
+               "lm_head.weight": rand(preset.vocab, h)}
+    for i in range(preset.layers):
+        p = f"model.layers.{i}."
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            tensors[p + f"self_attn.{proj}.weight"] = rand(h, h)
+        tensors[p + "input_layernorm.weight"] = ones(h)
+        tensors[p + "post_attention_layernorm.weight"] = ones(h)
+        tensors[p + "block_sparse_moe.gate.weight"] = rand(preset.experts, h)
+        for j in range(preset.experts):
+            e = p + f"block_sparse_moe.experts.{j}."
+            tensors[e + "w1.weight"], tensors[e + "w3.weight"], tensors[e + "w2.weight"] = \
+                rand(f, h), rand(f, h), rand(h, f)
+    return tensors
+
+
 def _write_weights(preset: Preset, out: Path, seed: int) -> None:
     import torch
     from safetensors.torch import save_file
 
     gen = torch.Generator().manual_seed(seed)
     dtype = getattr(torch, preset.dtype)
-    h, f = preset.hidden, preset.ffn
 
     def rand(*shape: int) -> torch.Tensor:
         return (torch.randn(*shape, generator=gen) * 0.02).to(dtype)
 
-    tensors: dict[str, torch.Tensor] = {
-        "model.decoder.embed_tokens.weight": rand(preset.vocab, h),
-        # OPT's learned positions are offset by 2.
-        "model.decoder.embed_positions.weight": rand(preset.max_positions + 2, h),
-        "model.decoder.final_layer_norm.weight": torch.ones(h, dtype=dtype),
-        "model.decoder.final_layer_norm.bias": torch.zeros(h, dtype=dtype),
-    }
-    for i in range(preset.layers):
-        p = f"model.decoder.layers.{i}."
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            tensors[p + f"self_attn.{proj}.weight"] = rand(h, h)
-            tensors[p + f"self_attn.{proj}.bias"] = torch.zeros(h, dtype=dtype)
-        for ln in ("self_attn_layer_norm", "final_layer_norm"):
-            tensors[p + f"{ln}.weight"] = torch.ones(h, dtype=dtype)
-            tensors[p + f"{ln}.bias"] = torch.zeros(h, dtype=dtype)
-        tensors[p + "fc1.weight"], tensors[p + "fc1.bias"] = rand(f, h), torch.zeros(f, dtype=dtype)
-        tensors[p + "fc2.weight"], tensors[p + "fc2.bias"] = rand(h, f), torch.zeros(h, dtype=dtype)
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    def ones(n: int) -> torch.Tensor:
+        return torch.ones(n, dtype=dtype)
+
+    def zeros(n: int) -> torch.Tensor:
+        return torch.zeros(n, dtype=dtype)
+
+    build = _mixtral_tensors if preset.experts else _opt_tensors
+    save_file(build(preset, rand, ones, zeros), str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
 def make_model(preset_name: str, out: Path, seed: int = 0) -> Path:
@@ -138,7 +204,7 @@ def make_model(preset_name: str, out: Path, seed: int = 0) -> Path:
     tmp.mkdir(parents=True)
     _train_tokenizer(preset.vocab, tmp)
     _write_weights(preset, tmp, seed)
-    config = preset.opt_config()
+    config = preset.config()
     config["bench_pause"] = {"preset": preset.name, "revision": PRESET_REVISION, "seed": seed}
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     (tmp / "generation_config.json").write_text(json.dumps(

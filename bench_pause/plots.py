@@ -218,7 +218,10 @@ def clear_cache(data: Runs, out: Path) -> list[Path]:
     preempted requests' re-prefill shows. Nothing is drawn for runs with one value."""
     m = data.measured
     m = m[(m["mode"] == "keep") & (m["cycle"] == "pause") & (m["arrivals"] == 0)]
-    if m["clear_cache"].nunique() < 2:
+    # Only cells measured both ways, so that nothing but clear_cache differs between the boxes.
+    cell = [c for c in summary.CELL if c != "clear_cache"]
+    m = m.groupby(cell, dropna=False).filter(lambda g: g["clear_cache"].nunique() == 2)
+    if not len(m):
         return []
     colors = {True: MODE_COLORS["keep"], False: "#ff7f0e"}
 

@@ -68,10 +68,14 @@ _HF_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 def resolve_model(model: str) -> str:
-    """A local model directory (made absolute) or a Hugging Face id that can be loaded."""
+    """A local model directory (made absolute), a preset name (its generated model) or a
+    Hugging Face id that can be loaded."""
+    from bench_pause.model import PRESETS, cached_preset
     path = Path(model).expanduser()
     if path.exists():
         return str(path.absolute())
+    if model in PRESETS:  # a generated model, built into the cache on first use
+        return str(cached_preset(model))
     if not _HF_ID.match(model):
         raise ScenarioError(f"model path {model} does not exist")
     if os.environ.get("HF_HUB_OFFLINE") == "1":

@@ -9,7 +9,7 @@ import subprocess
 import pandas as pd
 import pytest
 
-from bench_pause import vllm_compat
+from bench_pause import summary, vllm_compat
 
 from .conftest import bench_pause
 
@@ -75,7 +75,7 @@ def test_run_writes_all_four_files(tmp_path):
     for name in ("runs.parquet", "tokens.parquet", "events.parquet", "meta.json"):
         assert (out / name).stat().st_size > 0, name
     runs = pd.read_parquet(out / "runs.parquet")
-    measured = runs[~runs["warmup"]]
+    measured = summary.measured(runs)
     assert len(measured) == 6 and runs["warmup"].sum() == 1
     assert measured["ok"].all()
     assert set(measured["mode"]) == {"keep", "abort", "wait"}

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from bench_pause import results
+from bench_pause import results, summary
 from bench_pause.scenario import Scenario
 
 from .conftest import bench_pause
@@ -58,7 +58,7 @@ def test_url_measures_a_running_server(http_session, tmp_path):
                     "--max-tokens", "32", "--repeats", "1", "--hold", "0.2", "--out", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     runs = results.load(out)[0]
-    measured = runs[~runs["warmup"]]
+    measured = summary.measured(runs)
     assert set(measured["mode"]) == {"keep", "abort"} and measured["ok"].all()
     meta = results.read_meta(out)
     assert meta["engines"][0]["url"] == http_session.url

@@ -12,7 +12,7 @@ import time
 import pandas as pd
 import pytest
 
-from bench_pause import procs, results, sweep
+from bench_pause import procs, results, summary, sweep
 from bench_pause.backends.base import Timeouts
 from bench_pause.scenario import Grid
 
@@ -53,7 +53,7 @@ def test_engine_dying_mid_sweep_keeps_measurements(engine_config, loop, tmp_path
     print(f"{backend} fail_fast={fail_fast}: recovered and finished in {time.monotonic() - t0:.1f} s")
     assert progress.killed
     runs = results.load(tmp_path)[0]
-    measured = runs[~runs["warmup"]]
+    measured = summary.measured(runs)
     assert measured["ok"].iloc[:2].all()
     assert not measured["ok"].iloc[2] and measured["error"].iloc[2]
     meta = results.read_meta(tmp_path)
@@ -92,7 +92,7 @@ def test_a_pause_that_does_not_return_in_time_is_recorded_and_the_engine_restart
     outcome = loop.run_until_complete(sweep.run(sweep.plan(cfg), DelayFirstCell(monkeypatch)))
     print(f"pause timeout: recovered and finished in {time.monotonic() - t0:.1f} s")
     runs, _, events, meta = results.load(tmp_path)
-    measured = runs[~runs["warmup"]]
+    measured = summary.measured(runs)
     assert list(measured["error"]) == ["timeout: pause", ""]
     assert measured["ok"].tolist() == [False, True]
     assert len(meta["engines"]) == 2 and outcome.failed == 1
@@ -148,14 +148,14 @@ def test_interrupt_keeps_results_and_resume_completes(tmp_path, sig, code):
     assert proc.returncode == code, err[-2000:]
     assert "--resume" in err
     runs = pd.read_parquet(tmp_path / "runs.parquet")  # valid Parquet, every finished cell in it
-    before = len(runs[~runs["warmup"]])
+    before = len(summary.measured(runs))
     assert 2 <= before < 6
     assert results.read_meta(tmp_path)["vllm_version"]
     assert not [p for p in procs.vllm_processes() if p not in _shared_pids]
     r = bench_pause(*args, "--resume")
     assert r.returncode == 0, r.stderr[-2000:]
     runs = pd.read_parquet(tmp_path / "runs.parquet")
-    measured = runs[~runs["warmup"]]
+    measured = summary.measured(runs)
     assert len(measured) == 6
     assert measured.groupby(["mode", "repeat"]).size().eq(1).all()
 
@@ -189,7 +189,7 @@ def test_url_without_pause_endpoints_fails_in_one_line(tmp_path):
 
 
 def test_two_sweeps_at_once_do_not_collide(tmp_path):
-    args = ["run", "--backend", "http", "--mode", "keep", "--max-tokens", "32", "--hold", "0.2", "--repeats", "2"]
+    args = ["run", "--backend", "http", "--mode", "keep", "--max-tokens", "128", "--hold", "0.2", "--repeats", "2"]
     a = bench_pause_proc(*args, "--out", str(tmp_path / "a"))
     b = bench_pause_proc(*args, "--out", str(tmp_path / "b"))
     for proc in (a, b):
@@ -199,7 +199,8 @@ def test_two_sweeps_at_once_do_not_collide(tmp_path):
     assert urls[0] != urls[1]
     for n in ("a", "b"):
         runs = pd.read_parquet(tmp_path / n / "runs.parquet")
-        assert runs[~runs["warmup"]]["ok"].all() and len(runs) == 3
+        # two servers on a small host starve the clients: a missed pause may be measured again
+        assert runs["ok"].all() and set(runs.loc[~runs["warmup"], "repeat"]) == {0, 1}
 
 
 def test_interrupt_during_server_start_up_leaves_nothing(tmp_path):
