@@ -72,8 +72,12 @@ def test_asv_quick_run_and_publish(tmp_path):
                 if metric == "preemptions" and mode == "keep" and clear_cache and combo[2] != "prefill":
                     # clear_cache preempts both running requests (at prefill they may still be queued)
                     assert value == 2, (backend, combo)
-                if metric in ("leak_tokens", "not_ok"):
-                    assert value == 0, (backend, metric, combo)
+                if metric == "leak_tokens":
+                    assert value == 0, (backend, combo)
+                if metric == "not_ok" and not (backend == "Http" and mode == "abort" and combo[2] == "prefill"):
+                    # (over HTTP a request aborted before its first token ends with no finish
+                    # reason: a vLLM behaviour docs/findings.md describes, counted as not ok)
+                    assert value == 0, (backend, combo)
 
 
     # The sweeps behind it: at dp 2 the two requests go one to each rank, and both report.
