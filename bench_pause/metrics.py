@@ -47,11 +47,13 @@ Definitions (client clock unless the name says ``engine``):
   pause, to tell a pause effect from a background stall.
 - ``held_requests``: requests that got no token before the resume call and were served
   after it: queued in the engine when the pause came (vLLM's wait mode drains only the
-  running requests; a waiting one is held like in keep).
+  running requests; a waiting one is held like in keep), or, in abort mode, not yet in
+  the engine when it aborted.
 - ``tokens_expected``, ``tokens_received``, ``finish_reasons``.
 - ``ok``: the mode's contract held. keep: no leak, every token delivered, every request
   finished by length. abort: no leak, every request unfinished at the pause call ended
-  with ``abort``. wait: no leak, every token delivered, and every request either finished
+  with ``abort``, except one held (it reached the engine only after the abort, as a
+  starved HTTP server's request can; it is then served in full after the resume). wait: no leak, every token delivered, and every request either finished
   before the pause returned or was held (see ``held_requests``). In every mode, requests
   that arrived during the pause, and every request of an ``idle`` cycle (sent after the
   resume), are served in full.
@@ -233,10 +235,10 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
         ok = leak == 0 and everyone_finished and served([*originals, *arrivals])
     elif mode == "keep":
         ok = leak == 0 and everyone_finished and served([*originals, *arrivals])
-    elif mode == "abort":
-        stopped = [r for r in originals if finishes.get(r, (math.inf, ""))[0] >= pause_call]
+    elif mode == "abort":  # a request that reached the engine only after the abort is held
+        stopped = [r for r in originals if finishes.get(r, (math.inf, ""))[0] >= pause_call and r not in held]
         ok = (leak == 0 and everyone_finished and all(finishes[r][1] == "abort" for r in stopped)
-              and served(arrivals))
+              and served([*held, *arrivals]))
     else:  # wait: running requests drain before the pause returns; queued ones are held
         ok = (leak == 0 and everyone_finished and served([*originals, *arrivals])
               and all(finishes[r][0] <= pause_ret or r in held for r in originals))
