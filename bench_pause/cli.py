@@ -71,6 +71,8 @@ def _add_plot_report(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", type=Path, default=Path("docs"))
     r.add_argument("--title", default="bench-pause results")
     r.add_argument("--include", type=Path, help="a Markdown file placed after the title (findings)")
+    c = sub.add_parser("recompute", help="recompute the metrics of run directories from their traces")
+    c.add_argument("run_dirs", nargs="+", type=Path)
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
@@ -208,6 +210,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recompute(args: argparse.Namespace) -> int:
+    from bench_pause import results
+    _check_run_dirs(args.run_dirs)
+    for d in args.run_dirs:
+        print(f"{d}: {results.recompute(d)} measurements recomputed")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from bench_pause import compare
     _check_run_dirs([args.base, *args.new])
@@ -230,7 +240,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "make-model": cmd_make_model, "plot": cmd_plot, "report": cmd_report,
-            "compare": cmd_compare}
+            "recompute": cmd_recompute, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

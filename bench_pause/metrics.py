@@ -26,8 +26,9 @@ Definitions (client clock unless the name says ``engine``):
 - ``reprefill_tokens``: an estimate of the tokens the engine recomputes to bring the
   preempted requests back: vLLM re-prefills a preempted request's prompt plus what it
   had generated, and a cleared cache holds none of it. The sum over the requests in
-  flight at the pause call when the engine preempted at least that many, 0 when it
-  preempted none, NaN when it preempted only some (which ones cannot be told). vLLM
+  flight at the pause call (held ones aside) when the engine preempted at least that
+  many, 0 when it preempted none, NaN when it preempted only some (which ones cannot be
+  told). vLLM
   counts only first prefills in ``vllm:prompt_tokens``, so this cannot be read off it.
 - ``missed``: the first request was finished before the pause could act on it (it ended
   before the pause call, or in keep/abort mode ran to its length before the resume):
@@ -190,7 +191,10 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
     preemptions = float(sum(preempted.values())) if preempted else math.nan
     prompt_tokens = {int(r): int(d) for r, d in zip(events.loc[events["event"] == tr.PROMPT, "request"],
                                                        events.loc[events["event"] == tr.PROMPT, "detail"])}
-    in_flight = [r for r in originals if finishes.get(r, (math.inf, ""))[0] >= pause_call]
+    started_before_resume = set(tokens.loc[t < resume_call, "request"].unique())
+    held = {r for r in originals if r not in started_before_resume and r in set(tokens["request"])}
+    # Requests in flight at the pause call and running in the engine (a held one was not).
+    in_flight = [r for r in originals if finishes.get(r, (math.inf, ""))[0] >= pause_call and r not in held]
     reprefill = math.nan
     if preemptions == 0:
         reprefill = 0.0
@@ -200,8 +204,6 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
 
     per_rank = _per_rank(tokens, originals, dp_size, preempted, pause_call, pause_ret, resume_call)
 
-    started_before_resume = set(tokens.loc[t < resume_call, "request"].unique())
-    held = {r for r in originals if r not in started_before_resume and r in set(tokens["request"])}
     received = int(tokens["n_tokens"].sum())
     expected = (concurrency + n_arrivals) * max_tokens
     per_request = tokens.groupby("request")["n_tokens"].sum()

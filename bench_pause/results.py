@@ -88,3 +88,23 @@ def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]
         raise FileNotFoundError(f"{run_dir} holds no {RUNS}: not a bench-pause run directory")
     rd = RunDir(run_dir)
     return rd.runs, rd.tokens, rd.events, read_meta(run_dir)
+
+
+def recompute(run_dir: Path) -> int:
+    """Recompute every measurement's metrics from its stored trace and rewrite runs.parquet:
+    metrics are pure functions of the trace, so a run recorded before a metric existed or
+    was refined gains it without an engine. Returns the number of measurements."""
+    from bench_pause.metrics import for_measurement
+    rd = RunDir(run_dir)
+    if not len(rd.runs):
+        raise FileNotFoundError(f"{run_dir} holds no {RUNS}: not a bench-pause run directory")
+    tokens, events = rd.tokens.groupby("measurement"), rd.events.groupby("measurement")
+    rows = []
+    for _, run in rd.runs.iterrows():
+        mid = run["measurement"]
+        t = tokens.get_group(mid) if mid in tokens.groups else rd.tokens.iloc[:0]
+        e = events.get_group(mid) if mid in events.groups else rd.events.iloc[:0]
+        rows.append({**run.to_dict(), **for_measurement(t, e, run)})
+    rd.runs = pd.DataFrame(rows)
+    rd.flush()
+    return len(rows)

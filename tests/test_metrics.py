@@ -219,3 +219,17 @@ def test_a_pause_that_missed_the_request_is_flagged_and_left_out(recorded):
     assert v["missed"] and np.isnan(v["gap_s"])
     flagged = runs.assign(missed=runs["measurement"] == run.name)
     assert run.name not in set(summary.measured(flagged)["measurement"])
+
+
+def test_recompute_restores_metrics_a_run_lacks(tmp_path):
+    """An older run (without a newer metric) gains it from its traces; a current run is
+    unchanged by recomputation."""
+    import shutil
+    from .conftest import bench_pause
+    run = shutil.copytree(RUN, tmp_path / "run")
+    stored = pd.read_parquet(run / "runs.parquet")
+    stored.drop(columns=["resume_all_s", "missed"]).to_parquet(run / "runs.parquet", index=False)
+    r = bench_pause("recompute", run, timeout=300)
+    assert r.returncode == 0, r.stderr
+    again = pd.read_parquet(run / "runs.parquet")[stored.columns]
+    pd.testing.assert_frame_equal(again, stored, check_dtype=False)
