@@ -121,6 +121,13 @@ def _first_after(tokens: pd.DataFrame, t0: float) -> float:
     return float(after.min() - t0) if len(after) else math.nan
 
 
+def _last_comeback(tokens: pd.DataFrame, requests: Iterable[int], t0: float) -> float:
+    """From ``t0`` to the first token of the last of ``requests`` to get one after it;
+    NaN when there are none or one never got a token."""
+    firsts = [_first_after(tokens[tokens["request"] == r], t0) for r in requests]
+    return max(firsts) if firsts and not any(math.isnan(f) for f in firsts) else math.nan
+
+
 def _per_rank(tokens: pd.DataFrame, requests: range, dp_size: int, preempted: dict[str, float],
               pause_call: float, pause_ret: float, resume_call: float) -> dict[str, dict]:
     out = {}
@@ -184,13 +191,12 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
     itl_median, itl_max = _itl(first, (prev, nxt) if not math.isnan(gap) else (math.inf, -math.inf))
 
     unfinished = [r for r in originals if finishes.get(r, (math.inf, ""))[0] >= resume_call]
-    comebacks = [_first_after(tokens[tokens["request"] == r], resume_call) for r in unfinished]
-    resume_all = max(comebacks) if comebacks and not any(math.isnan(c) for c in comebacks) else math.nan
+    resume_all = _last_comeback(tokens, unfinished, resume_call)
 
     preempted = _counters(events)
     preemptions = float(sum(preempted.values())) if preempted else math.nan
-    prompt_tokens = {int(r): int(d) for r, d in zip(events.loc[events["event"] == tr.PROMPT, "request"],
-                                                       events.loc[events["event"] == tr.PROMPT, "detail"])}
+    prompts = events[events["event"] == tr.PROMPT]
+    prompt_tokens = {int(r): int(d) for r, d in zip(prompts["request"], prompts["detail"])}
     started_before_resume = set(tokens.loc[t < resume_call, "request"].unique())
     held = {r for r in originals if r not in started_before_resume and r in set(tokens["request"])}
     # Requests in flight at the pause call and running in the engine (a held one was not).
@@ -217,11 +223,7 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
     missed = cycle != "idle" and fin0 is not None and (
         fin0[0] < pause_call or (mode != "wait" and fin0[1] == "length" and fin0[0] < resume_call))
 
-    arrival_tokens = tokens[tokens["request"].isin(list(arrivals))]
-    arrivals_ttft = math.nan
-    if n_arrivals:
-        firsts = [_first_after(arrival_tokens[arrival_tokens["request"] == r], resume_call) for r in arrivals]
-        arrivals_ttft = max(firsts) if not any(math.isnan(f) for f in firsts) else math.nan
+    arrivals_ttft = _last_comeback(tokens, arrivals, resume_call)
     submits = events.loc[(events["event"] == tr.SUBMIT) & events["request"].isin(list(arrivals)), "t"]
     admitted = _event_time(events, tr.ADMITTED)
     arrivals_admitted = admitted - float(submits.min()) if len(submits) else math.nan
@@ -233,13 +235,10 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
 
     if error:
         ok = False
-    elif cycle == "idle":
-        ok = leak == 0 and everyone_finished and served([*originals, *arrivals])
-    elif mode == "keep":
+    elif cycle == "idle" or mode == "keep":  # an idle cycle's requests come after the resume
         ok = leak == 0 and everyone_finished and served([*originals, *arrivals])
     elif mode == "abort":  # a request that reached the engine only after the abort is held
-        stopped = [r for r in originals if finishes.get(r, (math.inf, ""))[0] >= pause_call and r not in held]
-        ok = (leak == 0 and everyone_finished and all(finishes[r][1] == "abort" for r in stopped)
+        ok = (leak == 0 and everyone_finished and all(finishes[r][1] == "abort" for r in in_flight)
               and served([*held, *arrivals]))
     else:  # wait: running requests drain before the pause returns; queued ones are held
         ok = (leak == 0 and everyone_finished and served([*originals, *arrivals])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench_pause.measure import Measurement
-from bench_pause.metrics import HEADLINE
+from bench_pause.metrics import HEADLINE, for_measurement
 from bench_pause.scenario import Scenario
 
 RUNS, TOKENS, EVENTS, META = "runs.parquet", "tokens.parquet", "events.parquet", "meta.json"
@@ -81,12 +81,16 @@ class RunDir:
             _atomic(self.path / name, lambda tmp, df=df: df.to_parquet(tmp, index=False))
 
 
+def _existing(run_dir: Path) -> RunDir:
+    """An existing run directory; FileNotFoundError for any other path."""
+    if not (Path(run_dir) / RUNS).exists():
+        raise FileNotFoundError(f"{run_dir} holds no {RUNS}: not a bench-pause run directory")
+    return RunDir(run_dir)
+
+
 def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """runs, tokens, events and meta of a finished (or interrupted) run directory."""
-    run_dir = Path(run_dir)
-    if not (run_dir / RUNS).exists():
-        raise FileNotFoundError(f"{run_dir} holds no {RUNS}: not a bench-pause run directory")
-    rd = RunDir(run_dir)
+    rd = _existing(run_dir)
     return rd.runs, rd.tokens, rd.events, read_meta(run_dir)
 
 
@@ -94,10 +98,7 @@ def recompute(run_dir: Path) -> int:
     """Recompute every measurement's metrics from its stored trace and rewrite runs.parquet:
     metrics are pure functions of the trace, so a run recorded before a metric existed or
     was refined gains it without an engine. Returns the number of measurements."""
-    from bench_pause.metrics import for_measurement
-    rd = RunDir(run_dir)
-    if not len(rd.runs):
-        raise FileNotFoundError(f"{run_dir} holds no {RUNS}: not a bench-pause run directory")
+    rd = _existing(run_dir)
     tokens, events = rd.tokens.groupby("measurement"), rd.events.groupby("measurement")
     rows = []
     for _, run in rd.runs.iterrows():
