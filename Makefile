@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.bench-pause-setup
 OUT    ?= results/quick-$(shell date -u +%Y%m%dT%H%M%SZ)
-PROFILE ?= quick
+PROFILE ?= auto
 
 .PHONY: setup bench test test-fast asv clean
 

@@ -1,4 +1,9 @@
-"""The `bench-pause` command line.
+"""bench-pause: how fast and how cleanly vLLM pauses and resumes generation.
+
+It drives a real vLLM engine (in-process AsyncLLM, or the HTTP server in dev mode) under
+streaming load, pauses it the way RL frameworks do around a weight update (mode keep,
+abort or wait), and records every token's arrival: what the pause API cost, how long the
+engine kept producing, tokens leaked while paused, the gap, and resume to first token.
 
 Exit status: 0 done, 1 something failed (an engine that would not start, a sweep
 stopped by --fail-fast, a regression found by `compare`), 2 bad input (reported in one
@@ -15,17 +20,27 @@ import signal
 import sys
 from pathlib import Path
 
+from bench_pause.profiles import PROFILES
 from bench_pause.scenario import BACKENDS, CYCLES, MODES, ScenarioError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INT, EXIT_TERM = 1, 2, 130, 143
 
 
+def _presets_epilog() -> str:
+    from bench_pause.model import PRESETS
+    lines = ["model presets (written on first use under ~/.cache/bench-pause; no download):"]
+    lines += [f"  {p.name:<20} {p.about}" for p in PRESETS.values()]
+    return "\n".join(lines)
+
+
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="measure pauses over a grid of scenarios",
                        description="Runs every combination of the list-valued options, one engine per "
-                                   "(backend, dp size). Options left out come from --profile.")
-    p.add_argument("--profile", choices=["quick", "default", "full"], default=None,
-                   help="named grid (README); explicit options override its axes")
+                                   "(backend, dp size). Options left out come from --profile.",
+                       epilog=_presets_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", choices=["auto", *PROFILES], default=None,
+                   help="named grid (README); auto: gpu on a GPU host, quick on a CPU. Explicit options "
+                        "override its axes")
     p.add_argument("--backend", nargs="+", choices=BACKENDS, dest="backends")
     p.add_argument("--dp", nargs="+", type=int, dest="dp_sizes", help="data-parallel sizes")
     p.add_argument("--mode", nargs="+", dest="modes", help=f"pause modes: {' '.join(MODES)}")
@@ -41,9 +56,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cycle", nargs="+", choices=CYCLES, dest="cycles",
                    help="what is done around the pause: the normal cycle or an edge cycle (README)")
     p.add_argument("--repeats", type=int)
-    p.add_argument("--model", help="model directory, Hugging Face id, or a preset built on first use: "
-                                    "tiny, opt-125m, tiny-moe (default: a generated model)")
-    p.add_argument("--engine-args", default="", help="vLLM engine flags, as `vllm serve` takes them")
+    p.add_argument("--model", help="a preset (below), a local model directory or a Hugging Face id. Default: "
+                                    "qwen3-30b-a3b on a GPU with >= 75 GiB, qwen3-8b on a smaller one, tiny on a CPU")
+    p.add_argument("--engine-args", action="append", default=[], metavar="FLAGS",
+                   help="vLLM engine flags as `vllm serve` takes them, e.g. --engine-args --enforce-eager or "
+                        "--engine-args '--max-model-len 2048 --enforce-eager'; may be repeated")
     p.add_argument("--url", help="measure this running server (http backend) instead of launching one")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: results/run-<time>)")
     p.add_argument("--seed", type=int, default=0, help="seed of the cell order and prompts")
@@ -86,8 +103,17 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", type=Path, help="also plot each headline metric against vLLM version")
 
 
+START = """start with:
+  bench-pause run --profile auto                 measure the host's default grid and model
+  bench-pause run --model qwen3-30b-a3b --backend offline http --mode keep --repeats 5
+  bench-pause report results/RUN --out docs/     figures and tables from run directories
+  bench-pause compare results/OLD results/NEW    regressions between two runs (exit 1 if any)
+'bench-pause run --help' lists every axis and the model presets."""
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="bench-pause", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="bench-pause", description="\n\n".join(__doc__.split("\n\n")[:2]),
+                                 epilog=START, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     _add_run(sub)
     _add_make_model(sub)
@@ -97,10 +123,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _grid(args: argparse.Namespace):
-    from bench_pause import profiles
+    from bench_pause import profiles, vllm_compat
     from bench_pause.scenario import Grid
     # Without a profile, axes not given take Grid's defaults: offline, dp 1, every mode, tokens:5.
-    base = profiles.get(args.profile) if args.profile else Grid()
+    name = profiles.resolve(args.profile, vllm_compat.on_gpu()) if args.profile else None
+    args.profile = name
+    base = profiles.get(name) if name else Grid()
     clear = [v == "true" for v in args.clear_cache] if args.clear_cache else None
     return profiles.with_overrides(
         base, backends=args.backends, dp_sizes=args.dp_sizes, modes=args.modes,
@@ -132,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     code = _run_async(sweep.run(plan, progress), progress)
     if (out / results.RUNS).exists():
         runs = results.load(out)[0]
-        summary.print_table(summary.cells(runs), f"median per scenario ({out})")
+        summary.print_table(summary.cells(runs), f"p50 / p90 / max per scenario ({out})")
         not_ok = int((~summary.measured(runs)["ok"].astype(bool)).sum())
         if not_ok:
             progress.say(f"[red]{not_ok} measured pause(s) broke their mode's contract or failed: "
@@ -244,12 +272,26 @@ COMMANDS = {"run": cmd_run, "make-model": cmd_make_model, "plot": cmd_plot, "rep
             "recompute": cmd_recompute, "compare": cmd_compare}
 
 
+def _join_engine_args(argv: list[str]) -> list[str]:
+    """``--engine-args --enforce-eager`` as ``--engine-args=--enforce-eager``: argparse
+    would take a value that starts with a dash for an option of ours and refuse it."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--engine-args" and i + 1 < len(argv):
+            out.append(f"--engine-args={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     # vLLM logs a few warnings while importing, before its own logging is configured; they
     # would land on stderr through logging's last-resort handler and bury our one-line
     # errors. Once vLLM configures logging (VLLM_LOGGING_LEVEL), its handlers take over.
     logging.getLogger("vllm").addHandler(logging.NullHandler())
-    args = parser().parse_args(argv)
+    args = parser().parse_args(_join_engine_args(sys.argv[1:] if argv is None else argv))
     try:
         return COMMANDS[args.command](args)
     except ScenarioError as exc:

@@ -6,7 +6,9 @@ import datetime as dt
 import importlib.metadata
 import os
 import platform
+import subprocess
 import sys
+from pathlib import Path
 
 from bench_pause import vllm_compat
 
@@ -18,12 +20,30 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def commit() -> str:
+    """The bench-pause commit: $BENCH_PAUSE_COMMIT (set it where the checkout travels without
+    .git, as on a lent GPU host), else git's HEAD of this checkout (``+dirty`` with local
+    changes), else "unknown"."""
+    if os.environ.get("BENCH_PAUSE_COMMIT"):
+        return os.environ["BENCH_PAUSE_COMMIT"]
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def environment() -> dict:
     """Host and software facts recorded in every meta.json."""
     import torch
 
     return {
         "bench_pause_version": _version("bench-pause"),
+        "bench_pause_commit": commit(),
         "vllm_version": vllm_compat.vllm_version(),
         "vllm_distribution": vllm_compat.vllm_distribution(),
         "torch_version": torch.__version__,
@@ -39,3 +59,20 @@ def environment() -> dict:
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def execution(meta: dict) -> str:
+    """``CUDA graphs``, ``eager`` or ``CPU``: from meta.json, or for runs recorded before it
+    said so, from their engine flags (the last of --enforce-eager / --no-enforce-eager)."""
+    if (meta.get("engine") or {}).get("execution"):
+        return meta["engine"]["execution"]
+    if not meta.get("gpu_count"):
+        return "CPU"
+    flags = [a for a in meta.get("engine_args") or [] if a in ("--enforce-eager", "--no-enforce-eager")]
+    return "eager" if flags and flags[-1] == "--enforce-eager" else "CUDA graphs"
+
+
+def setup_label(meta: dict) -> str:
+    """What a figure may not mix: device, vLLM version, model and how the engine runs."""
+    model = Path(str(meta.get("model", "?"))).name
+    return f"{meta.get('device', '?')}, vLLM {meta.get('vllm_version', '?')}, {model}, {execution(meta)}"

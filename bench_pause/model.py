@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +19,22 @@ from typing import Callable
 
 # Bump when a preset's files change, so cached copies are rebuilt.
 PRESET_REVISION = 1
-HF_OPT_125M = "facebook/opt-125m"
 
 
 @dataclass(frozen=True)
 class Preset:
-    """The shape of a generated model: OPT (dense) or Mixtral (MoE) layout."""
+    """The shape of a generated model.
+
+    ``arch`` picks the layout: ``opt`` (dense), ``mixtral`` (MoE, classic checkpoint
+    layout), ``llama``, ``qwen3`` (dense) or ``qwen3_moe``. A ``dummy`` preset has no weight
+    file: only config.json and the tokenizer are written, and the engine starts with vLLM's
+    ``--load-format dummy``, which makes random weights on the device. That is what lets an
+    8B or 30B shape run on a host that cannot download (or hold on disk) the checkpoint.
+    ``ffn`` is the dense MLP width (each expert's for Mixtral; ``moe_ffn`` for Qwen3-MoE).
+    """
 
     name: str
+    arch: str
     layers: int
     hidden: int
     heads: int
@@ -33,77 +42,139 @@ class Preset:
     vocab: int
     max_positions: int
     dtype: str
-    experts: int = 0  # > 0: a Mixtral with this many experts per layer
+    kv_heads: int = 0  # 0: as many as heads
+    head_dim: int = 0  # 0: hidden // heads
+    experts: int = 0  # > 0: a mixture of experts with this many experts per layer
     top_k: int = 2
+    moe_ffn: int = 0
+    rope_theta: float = 10000.0
+    dummy: bool = False
+    about: str = ""
+
+    @property
+    def tokenizer_vocab(self) -> int:
+        """Size of the generated BPE vocabulary: the corpus has no more to learn than a few
+        thousand merges, and every id it makes is below the model's vocab, which is what
+        the embedding and LM head are shaped by."""
+        return min(self.vocab, 8192)
 
     def config(self) -> dict:
-        return self._mixtral_config() if self.experts else self._opt_config()
-
-    def _opt_config(self) -> dict:
-        return {
-            "architectures": ["OPTForCausalLM"],
-            "model_type": "opt",
-            "vocab_size": self.vocab,
-            "hidden_size": self.hidden,
-            "word_embed_proj_dim": self.hidden,
-            "num_hidden_layers": self.layers,
-            "num_attention_heads": self.heads,
-            "ffn_dim": self.ffn,
-            "max_position_embeddings": self.max_positions,
-            "do_layer_norm_before": True,
-            "activation_function": "relu",
-            "dropout": 0.0,
-            "attention_dropout": 0.0,
-            "layerdrop": 0.0,
-            "init_std": 0.02,
-            "enable_bias": True,
-            "layer_norm_elementwise_affine": True,
-            "pad_token_id": 1,
-            "bos_token_id": 2,
-            "eos_token_id": 2,
-            "torch_dtype": self.dtype,
-            "use_cache": True,
-        }
-
-    def _mixtral_config(self) -> dict:
-        return {
-            "architectures": ["MixtralForCausalLM"],
-            "model_type": "mixtral",
-            "vocab_size": self.vocab,
-            "hidden_size": self.hidden,
-            "intermediate_size": self.ffn,
-            "num_hidden_layers": self.layers,
-            "num_attention_heads": self.heads,
-            "num_key_value_heads": self.heads,
-            "num_local_experts": self.experts,
-            "num_experts_per_tok": self.top_k,
-            "max_position_embeddings": self.max_positions,
-            "hidden_act": "silu",
-            "rms_norm_eps": 1e-5,
-            "rope_theta": 10000.0,
-            "sliding_window": None,
-            "tie_word_embeddings": False,
-            "router_aux_loss_coef": 0.0,
-            "pad_token_id": 1,
-            "bos_token_id": 2,
-            "eos_token_id": 2,
-            "torch_dtype": self.dtype,
-            "use_cache": True,
-        }
+        return _CONFIGS[self.arch](self)
 
 
-PRESETS = {
-    # Small enough for a 2-core CPU; head_dim 64 because vLLM's CPU attention rejects 16.
-    "tiny": Preset("tiny", layers=2, hidden=128, heads=2, ffn=512, vocab=2000,
-                   max_positions=2048, dtype="bfloat16"),
-    # OPT-125m's exact shape.
-    "opt-125m": Preset("opt-125m", layers=12, hidden=768, heads=12, ffn=3072, vocab=50272,
-                       max_positions=2048, dtype="float16"),
-    # The tiny Mixtral of FACTS.md (4 layers, hidden 512, 8 heads, 8 experts, top-2): the
-    # MoE path (and its resume stall) on a GPU. vLLM's CPU backend cannot run MoE models.
-    "tiny-moe": Preset("tiny-moe", layers=4, hidden=512, heads=8, ffn=1024, vocab=8192,
-                       max_positions=4096, dtype="bfloat16", experts=8, top_k=2),
-}
+def _opt_config(p: Preset) -> dict:
+    return {
+        "architectures": ["OPTForCausalLM"],
+        "model_type": "opt",
+        "vocab_size": p.vocab,
+        "hidden_size": p.hidden,
+        "word_embed_proj_dim": p.hidden,
+        "num_hidden_layers": p.layers,
+        "num_attention_heads": p.heads,
+        "ffn_dim": p.ffn,
+        "max_position_embeddings": p.max_positions,
+        "do_layer_norm_before": True,
+        "activation_function": "relu",
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+        "layerdrop": 0.0,
+        "init_std": 0.02,
+        "enable_bias": True,
+        "layer_norm_elementwise_affine": True,
+        "pad_token_id": 1,
+        "bos_token_id": 2,
+        "eos_token_id": 2,
+        "torch_dtype": p.dtype,
+        "use_cache": True,
+    }
+
+
+def _decoder_config(p: Preset, architecture: str, model_type: str) -> dict:
+    """What the Llama-family layouts (Llama, Mixtral, Qwen3, Qwen3-MoE) share."""
+    config = {
+        "architectures": [architecture],
+        "model_type": model_type,
+        "vocab_size": p.vocab,
+        "hidden_size": p.hidden,
+        "intermediate_size": p.ffn,
+        "num_hidden_layers": p.layers,
+        "num_attention_heads": p.heads,
+        "num_key_value_heads": p.kv_heads or p.heads,
+        "max_position_embeddings": p.max_positions,
+        "hidden_act": "silu",
+        "rms_norm_eps": 1e-6,
+        "rope_theta": p.rope_theta,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "pad_token_id": 1,
+        "bos_token_id": 2,
+        "eos_token_id": 2,
+        "torch_dtype": p.dtype,
+        "use_cache": True,
+    }
+    if p.head_dim:
+        config["head_dim"] = p.head_dim
+    return config
+
+
+def _mixtral_config(p: Preset) -> dict:
+    return {**_decoder_config(p, "MixtralForCausalLM", "mixtral"), "rms_norm_eps": 1e-5,
+            "num_local_experts": p.experts, "num_experts_per_tok": p.top_k, "sliding_window": None,
+            "router_aux_loss_coef": 0.0}
+
+
+def _llama_config(p: Preset) -> dict:
+    # Llama 3.1's long-context RoPE scaling, as its config.json has it.
+    return {**_decoder_config(p, "LlamaForCausalLM", "llama"), "rms_norm_eps": 1e-5, "mlp_bias": False,
+            "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}
+
+
+def _qwen3_config(p: Preset) -> dict:
+    return {**_decoder_config(p, "Qwen3ForCausalLM", "qwen3"), "use_sliding_window": False,
+            "sliding_window": None, "max_window_layers": p.layers}
+
+
+def _qwen3_moe_config(p: Preset) -> dict:
+    return {**_qwen3_config(p), "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
+            "num_experts": p.experts, "num_experts_per_tok": p.top_k, "moe_intermediate_size": p.moe_ffn,
+            "decoder_sparse_step": 1, "mlp_only_layers": [], "norm_topk_prob": True,
+            "output_router_logits": False, "router_aux_loss_coef": 0.001}
+
+
+_CONFIGS = {"opt": _opt_config, "mixtral": _mixtral_config, "llama": _llama_config, "qwen3": _qwen3_config,
+            "qwen3_moe": _qwen3_moe_config}
+
+# Production shapes keep their real widths, depths, heads and vocabularies; only
+# max_position_embeddings is cut to 4096, so vLLM's default max_model_len (and the KV
+# cache one sequence must fit) suits the suite's short requests on one GPU. The small
+# presets use head_dim 64 because vLLM's CPU attention rejects 16.
+PRESETS = {p.name: p for p in (
+    Preset("tiny", "opt", layers=2, hidden=128, heads=2, ffn=512, vocab=2000, max_positions=2048,
+           dtype="bfloat16", about="2-layer OPT, random weights on disk: the CPU and CI model"),
+    Preset("opt-125m", "opt", layers=12, hidden=768, heads=12, ffn=3072, vocab=50272, max_positions=2048,
+           dtype="float16", about="OPT-125m's exact shape, random weights on disk"),
+    Preset("tiny-moe", "mixtral", layers=4, hidden=512, heads=8, ffn=1024, vocab=8192, max_positions=4096,
+           dtype="bfloat16", experts=8, top_k=2,
+           about="4-layer Mixtral, 8 experts, top-2 (GPU only: vLLM's CPU backend cannot run MoE)"),
+    Preset("tiny-qwen3", "qwen3", layers=2, hidden=128, heads=2, kv_heads=1, head_dim=64, ffn=512, vocab=2000,
+           max_positions=4096, dtype="bfloat16", dummy=True,
+           about="2-layer Qwen3, weights made by vLLM (--load-format dummy): the no-weights path on a CPU"),
+    Preset("qwen3-8b", "qwen3", layers=36, hidden=4096, heads=32, kv_heads=8, head_dim=128, ffn=12288,
+           vocab=151936, max_positions=4096, dtype="bfloat16", rope_theta=1e6, dummy=True,
+           about="Qwen3-8B shape, dense (16 GB of bf16 weights made on the GPU)"),
+    Preset("llama-3.1-8b", "llama", layers=32, hidden=4096, heads=32, kv_heads=8, head_dim=128, ffn=14336,
+           vocab=128256, max_positions=4096, dtype="bfloat16", rope_theta=5e5, dummy=True,
+           about="Llama-3.1-8B shape, dense (16 GB)"),
+    Preset("qwen3-30b-a3b", "qwen3_moe", layers=48, hidden=2048, heads=32, kv_heads=4, head_dim=128, ffn=6144,
+           vocab=151936, max_positions=4096, dtype="bfloat16", experts=128, top_k=8, moe_ffn=768, rope_theta=1e6,
+           dummy=True, about="Qwen3-30B-A3B shape, MoE, 128 experts, top-8 (61 GB): the default on a large GPU"),
+    Preset("qwen3-235b-a22b-4l", "qwen3_moe", layers=4, hidden=4096, heads=64, kv_heads=4, head_dim=128,
+           ffn=12288, vocab=151936, max_positions=4096, dtype="bfloat16", experts=128, top_k=8, moe_ffn=1536,
+           rope_theta=1e6, dummy=True,
+           about="4 of Qwen3-235B-A22B's 94 layers: its large experts (1536 wide) on one GPU (22 GB)"),
+)}
+
 
 _SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa", "qu", "dor",
               "lin", "mar", "tes", "vel", "gra", "sho", "fen", "bri"]
@@ -191,21 +262,24 @@ def _write_weights(preset: Preset, out: Path, seed: int) -> None:
     def zeros(n: int) -> torch.Tensor:
         return torch.zeros(n, dtype=dtype)
 
-    build = _mixtral_tensors if preset.experts else _opt_tensors
+    build = {"opt": _opt_tensors, "mixtral": _mixtral_tensors}[preset.arch]
     save_file(build(preset, rand, ones, zeros), str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
 def make_model(preset_name: str, out: Path, seed: int = 0) -> Path:
-    """Write a random-weights model of ``preset_name`` into ``out`` (atomically)."""
+    """Write a model of ``preset_name`` into ``out`` (atomically): config.json and a
+    tokenizer, plus random weights unless the preset is ``dummy`` (vLLM makes them)."""
     preset = PRESETS[preset_name]
     out = Path(out)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _train_tokenizer(preset.vocab, tmp)
-    _write_weights(preset, tmp, seed)
+    _train_tokenizer(preset.tokenizer_vocab, tmp)
+    if not preset.dummy:
+        _write_weights(preset, tmp, seed)
     config = preset.config()
-    config["bench_pause"] = {"preset": preset.name, "revision": PRESET_REVISION, "seed": seed}
+    config["bench_pause"] = {"preset": preset.name, "revision": PRESET_REVISION, "seed": seed,
+                             "load_format": "dummy" if preset.dummy else "safetensors"}
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     (tmp / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": 2, "eos_token_id": 2, "pad_token_id": 1}))
@@ -241,8 +315,55 @@ def hf_cached(repo: str) -> bool:
     return isinstance(found, str)
 
 
-def default_model(on_gpu: bool) -> str:
-    """facebook/opt-125m when the GPU host has it cached, else a generated preset."""
-    if on_gpu:
-        return HF_OPT_125M if hf_cached(HF_OPT_125M) else str(cached_preset("opt-125m"))
-    return str(cached_preset("tiny"))
+def load_format(model_dir: str) -> str | None:
+    """``dummy`` for a preset written without weights (vLLM must make them), else None."""
+    config = Path(model_dir) / "config.json"
+    try:
+        info = json.loads(config.read_text()).get("bench_pause", {})
+    except (OSError, ValueError):
+        return None
+    return "dummy" if info.get("load_format") == "dummy" else None
+
+
+# The GPU default by memory: the MoE shape RL deployments run where it fits (61 GB of
+# weights: an 80 GB card), else the dense 8B shape, else the small OPT.
+GPU_DEFAULTS = ((75, "qwen3-30b-a3b"), (24, "qwen3-8b"), (0, "opt-125m"))
+
+
+def default_preset(on_gpu: bool, gpu_memory_gib: float = 0.0) -> str:
+    if not on_gpu:
+        return "tiny"
+    return next(name for need, name in GPU_DEFAULTS if gpu_memory_gib >= need)
+
+
+def default_model(on_gpu: bool, gpu_memory_gib: float = 0.0) -> str:
+    """The preset that suits this host, built into the cache on first use."""
+    return str(cached_preset(default_preset(on_gpu, gpu_memory_gib)))
+
+
+_HF_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def presets_help() -> str:
+    return ", ".join(PRESETS)
+
+
+def resolve_model(model: str) -> str:
+    """A local model directory (made absolute), a preset name (its generated model) or a
+    Hugging Face id that can be loaded; ScenarioError for anything else."""
+    from bench_pause.scenario import ScenarioError
+    path = Path(model).expanduser()
+    if path.exists():
+        return str(path.absolute())
+    if model in PRESETS:  # a generated model, built into the cache on first use
+        return str(cached_preset(model))
+    if model.startswith((".", "~", "/")) or model.count("/") > 1:
+        raise ScenarioError(f"model directory {model} does not exist (or give a preset: {presets_help()})")
+    if not _HF_ID.match(model):
+        raise ScenarioError(
+            f"no model {model!r}: give a preset ({presets_help()}), a local model directory "
+            "or a Hugging Face id (org/name) that is in the local cache or can be downloaded")
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and not hf_cached(model):
+        raise ScenarioError(f"model {model} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; "
+                            f"a preset needs no download: {presets_help()}")
+    return model

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench_pause import results, summary, trace as tr  # noqa: E402
+from bench_pause import meta, results, summary, trace as tr  # noqa: E402
 
 MODE_COLORS = {"keep": "#1f77b4", "abort": "#d62728", "wait": "#2ca02c"}
 MODES = list(MODE_COLORS)
@@ -57,10 +57,9 @@ class Runs:
 
     def footer(self) -> str:
         seen = []
-        for meta in self.metas.values():
-            model = Path(str(meta.get("model", "?"))).name
-            line = (f"vLLM {meta.get('vllm_version', '?')} ({meta.get('vllm_distribution', '?')}), "
-                    f"{meta.get('device', '?')}, model {model}, {str(meta.get('started', '?'))[:10]}")
+        for info in self.metas.values():
+            line = (f"{meta.setup_label(info)} ({info.get('vllm_distribution', '?')}), "
+                    f"{str(info.get('started', '?'))[:10]}")
             if line not in seen:
                 seen.append(line)
         return " | ".join(seen)

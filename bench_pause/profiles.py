@@ -18,12 +18,24 @@ PROFILES: dict[str, Grid] = {
     "default": Grid(backends=("offline", "http"), dp_sizes=(1, 2), modes=("keep", "abort", "wait"),
                     pause_points=("prefill", "tokens:16", "frac:0.5"), max_tokens=(32, 128),
                     concurrency=(1, 8), holds=(0.5,), clear_cache=(True, False), repeats=3),
+    # Production shape on one GPU, sized so two presets x both backends fit a half-hour
+    # booking: 8 streams x 200 tokens paused at token 50 and held 1 s (the shape of the
+    # FACTS.md measurements), every mode, clear_cache both ways, 5 repeats: 25 pauses per
+    # engine, plus the first pause after the start (kept as the warm-up and reported).
+    "gpu": Grid(backends=("offline", "http"), dp_sizes=(1,), modes=("keep", "abort", "wait"),
+                pause_points=("tokens:50",), max_tokens=(200,), concurrency=(8,), holds=(1.0,),
+                clear_cache=(True, False), repeats=5),
     # Everything, edge cycles and requests arriving during the pause included: hours on a GPU.
     "full": Grid(backends=("offline", "http"), dp_sizes=(1, 2, 4), modes=("keep", "abort", "wait"),
                  pause_points=("prefill", "tokens:1", "tokens:16", "frac:0.25", "frac:0.5", "frac:0.9"),
                  max_tokens=(32, 128, 512), concurrency=(1, 4, 16, 64), holds=(0.0, 0.1, 1.0),
                  clear_cache=(True, False), arrivals=(0, 4), cycles=CYCLES, repeats=5),
 }
+
+
+def resolve(name: str, gpu: bool) -> str:
+    """``auto`` is the grid that suits the host: ``gpu`` on a GPU, ``quick`` on a CPU."""
+    return ("gpu" if gpu else "quick") if name == "auto" else name
 
 
 def get(name: str) -> Grid:

@@ -1,4 +1,4 @@
-"""docs/index.md from committed run directories: what ran, on what, the table, the figures.
+"""docs/index.md from committed run directories: what ran, on what, the tables, the figures.
 
 Regenerating it needs no engine: only the run directories.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bench_pause import plots, summary
+from bench_pause import meta, plots, summary
 
 CAPTIONS = {
     "timeline": "One typical pause per mode and backend: every token's arrival per request, the "
@@ -27,25 +27,25 @@ CAPTIONS = {
 }
 
 
-def _describe(name: str, meta: dict, runs) -> str:
+def _describe(name: str, info: dict, runs) -> str:
     m = summary.measured(runs)
-    engines = meta.get("engines", [])
+    engines = info.get("engines", [])
     starts = ", ".join(f"{e['backend']} dp{e['dp_size']} {e.get('startup_s', float('nan')):.0f} s"
                        for e in engines if "startup_s" in e)
-    return (f"- **{name}**: vLLM {meta.get('vllm_version')} ({meta.get('vllm_distribution')}), "
-            f"torch {meta.get('torch_version')}, {meta.get('device')}, model `{Path(str(meta.get('model'))).name}`, "
-            f"engine args `{' '.join(meta.get('engine_args') or [])}`, profile {meta.get('profile') or 'custom'}, "
+    return (f"- **{name}**: vLLM {info.get('vllm_version')} ({info.get('vllm_distribution')}), "
+            f"torch {info.get('torch_version')}, {info.get('device')}, model `{Path(str(info.get('model'))).name}`, "
+            f"engine args `{' '.join(info.get('engine_args') or [])}`, profile {info.get('profile') or 'custom'}, "
             f"{len(m)} measured pauses ({int(m['ok'].sum())} ok) plus {int(runs['warmup'].sum())} warm-ups, "
-            f"started {meta.get('started')}. Engine start-ups: {starts or 'n/a'}.")
+            f"started {info.get('started')}. Engine start-ups: {starts or 'n/a'}.")
 
 
-def _host_groups(dirs: list[Path]) -> dict[str, list[Path]]:
-    """Run directories grouped by (device, vLLM version): figures never mix two hosts."""
+def _setup_groups(dirs: list[Path]) -> dict[str, list[Path]]:
+    """Run directories grouped by setup (:func:`setup_label`): one section and one set of
+    figures each, so two models or eager and graphs are never pooled in one box."""
     from bench_pause.results import read_meta
     groups: dict[str, list[Path]] = {}
     for d in dirs:
-        meta = read_meta(d)
-        groups.setdefault(f"{meta.get('device', '?')}, vLLM {meta.get('vllm_version', '?')}", []).append(Path(d))
+        groups.setdefault(meta.setup_label(read_meta(d)), []).append(Path(d))
     return groups
 
 
@@ -68,13 +68,54 @@ def _section(title: str, dirs: list[Path], out: Path) -> list[str]:
             continue
         png = os.path.relpath(paths[0], out)
         lines += [f"### {name.replace('_', ' ')}", "", CAPTIONS[name], "", f"![{name}]({png})", ""]
-    lines += ["### Medians per scenario", "",
-              "Times in ms; `ok` counts the pauses whose mode contract held; `leak` is the largest "
-              "number of tokens delivered while paused.", ""]
+    lines += ["### Per scenario: p50 / p90 / max", "",
+              "Times in ms as p50 / p90 / max over the measured pauses of a cell (the first pause after "
+              "each engine start is left out here and shown below); `ok` counts the pauses whose mode "
+              "contract held; `leak` is the largest number of tokens delivered while paused; `stalls` "
+              f"counts pauses with a metric over {summary.STALL_FACTOR:g} x its cell's p50 and over "
+              f"{summary.STALL_MIN_S * 1e3:g} ms beyond it.", ""]
     for d in dirs:
         name = Path(d).name
         lines += [f"#### {name}", "", summary.markdown(summary.cells(data.runs[data.runs["run"] == name]))]
+    lines += _stalls(data.runs) + _first_pauses(data.runs)
     return lines
+
+
+def _stalls(runs) -> list[str]:
+    found = summary.stalls(runs)
+    lines = ["### Stalls", ""]
+    if not len(found):
+        return lines + ["None: no measured pause was far beyond its cell.", ""]
+    lines += ["Every stalled pause (times in ms): its run, the nth pause on its engine, and what may "
+              "explain it.", "",
+              "| run | engine | pause # | backend | mode | cache | metric | value | cell p50 | preemptions |",
+              "|" + "---|" * 10]
+    for r in found.sort_values("value_s", ascending=False).itertuples(index=False):
+        lines.append(f"| {r.run} | {r.engine} | {r.pause_index} | {r.backend} | {r.mode} | "
+                     f"{'clear' if r.clear_cache else 'keep'} | {r.metric} | {r.value_s * 1e3:.1f} | "
+                     f"{r.cell_p50_s * 1e3:.1f} | {r.preemptions:g} |")
+    return lines + [""]
+
+
+def _first_pauses(runs) -> list[str]:
+    first = summary.first_pauses(runs)
+    if not len(first):
+        return []
+    lines = ["### First pause after each engine start", "",
+             "The warm-up pause of each engine (times in ms), beside the p50 of the measured pauses of "
+             "the same cell: a trainer pays this one too, once per engine start.", "",
+             "| run | engine | backend | mode | cache | " + " | ".join(
+                 f"{m.removesuffix('_s').replace('_', ' ')} (cell p50)" for m in summary.STALL_METRICS) + " |",
+             "|" + "---|" * (5 + len(summary.STALL_METRICS))]
+    for _, r in first.iterrows():
+        values = " | ".join(f"{_ms(r[m])} ({_ms(r[m + '_cell_p50'])})" for m in summary.STALL_METRICS)
+        lines.append(f"| {r['run']} | {r['engine']} | {r['backend']} | {r['mode']} | "
+                     f"{'clear' if r['clear_cache'] else 'keep'} | {values} |")
+    return lines + [""]
+
+
+def _ms(value: float) -> str:
+    return "-" if value != value else f"{value * 1e3:.1f}"
 
 
 def write(dirs: list[Path], out: Path, title: str = "bench-pause results", include: Path | None = None) -> Path:
@@ -84,8 +125,8 @@ def write(dirs: list[Path], out: Path, title: str = "bench-pause results", inclu
              "every figure and table is reproducible from them without an engine.", ""]
     if include is not None:
         lines += [Path(include).read_text().strip(), ""]
-    for host, host_dirs in _host_groups(dirs).items():
-        lines += _section(host, host_dirs, out)
+    for setup, setup_dirs in _setup_groups(dirs).items():
+        lines += _section(setup, setup_dirs, out)
     if (out / "asv" / "index.html").exists():
         lines += ["## asv", "", "The asv site (`asv publish`) is at [asv/index.html](asv/index.html).", ""]
     out.mkdir(parents=True, exist_ok=True)

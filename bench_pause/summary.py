@@ -1,13 +1,29 @@
-"""Per-scenario medians of a run: the table `run` prints and the report shows."""
+"""Per-scenario tails of a run: the table `run` prints and the report shows, and stalls.
+
+A trainer waits for the slowest pause, so every timing is shown as p50 / p90 / max, never
+a median alone, and a pause far beyond its cell (a stall) is counted and listed, never
+averaged away.
+"""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pandas as pd
 
 from bench_pause.metrics import HEADLINE
 from bench_pause.scenario import Scenario
 
 CELL = [c for c in Scenario.columns() if c != "repeat"]
+TIMING = [m for m, unit in HEADLINE.items() if unit == "s"]
+# A stall: a pause whose metric is more than STALL_FACTOR x its cell's p50 AND more than
+# STALL_MIN_S beyond it. Both, because a ratio alone flags 0.2 ms against 0.03 ms on a
+# fast path (noise a trainer never feels), and an absolute margin alone flags the normal
+# spread of a 2 s wait-mode drain. 100 ms is several decode steps of any model here; the
+# MoE resume stalls seen on GPUs were 0.67-0.94 s against 10-77 ms (FACTS.md).
+STALL_FACTOR, STALL_MIN_S = 5.0, 0.100
+STALL_METRICS = ["pause_api_s", "gap_excess_s", "resume_ttft_s", "resume_all_s"]
 
 
 def measured(runs: pd.DataFrame) -> pd.DataFrame:
@@ -21,30 +37,90 @@ def measured(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[keep]
 
 
+def _p90(values: pd.Series) -> float:
+    v = values.dropna()
+    return float(np.percentile(v, 90)) if len(v) else math.nan
+
+
+def stalls(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every measured pause with a stalled metric: one row per (pause, metric), with the
+    cell's p50, the value, and the columns that may explain it."""
+    m = measured(runs)
+    if not len(m):
+        return pd.DataFrame()
+    rows = []
+    for _, cell in m.groupby(CELL, dropna=False, sort=True):
+        for metric in STALL_METRICS:
+            if metric not in cell:
+                continue
+            p50 = cell[metric].median()
+            if pd.isna(p50):
+                continue
+            hit = cell[(cell[metric] > STALL_FACTOR * p50) & (cell[metric] > p50 + STALL_MIN_S)]
+            for _, r in hit.iterrows():
+                rows.append({**{c: r[c] for c in CELL}, "run": r.get("run", ""), "measurement": r["measurement"],
+                             "engine": r.get("engine"), "pause_index": r.get("pause_index"), "metric": metric,
+                             "value_s": float(r[metric]), "cell_p50_s": float(p50),
+                             "preemptions": r.get("preemptions", math.nan)})
+    return pd.DataFrame(rows)
+
+
 def cells(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per scenario cell: median, min and max of each headline metric, ok count."""
+    """One row per scenario cell: p50, p90 and max of each timing metric, the largest
+    leak, ok count and stall count."""
     runs = measured(runs)
     if not len(runs):
         return pd.DataFrame()
     grouped = runs.groupby(CELL, dropna=False, sort=True)
     out = grouped.size().rename("n").to_frame()
     out["ok"] = grouped["ok"].sum().astype(int)
-    for metric in HEADLINE:
-        out[f"{metric}_median"] = grouped[metric].median()
-        out[f"{metric}_min"] = grouped[metric].min()
+    for metric in TIMING:
+        out[f"{metric}_p50"] = grouped[metric].median()
+        out[f"{metric}_p90"] = grouped[metric].agg(_p90)
         out[f"{metric}_max"] = grouped[metric].max()
+    out["leak_tokens_max"] = grouped["leak_tokens"].max()
     out["itl_median_s"] = grouped["itl_median_s"].median()
     out["preemptions_median"] = grouped["preemptions"].median() if "preemptions" in runs else float("nan")
-    return out.reset_index()
+    out = out.reset_index()
+    found = stalls(runs)
+    counts = (found.drop_duplicates([*CELL, "measurement"]).groupby(CELL, dropna=False).size()
+              if len(found) else pd.Series(dtype=int))
+    out["stalls"] = [int(counts.get(tuple(r), 0)) for r in out[CELL].itertuples(index=False)]
+    return out
+
+
+def first_pauses(runs: pd.DataFrame) -> pd.DataFrame:
+    """The first pause after each engine start (the warm-up, left out of the statistics)
+    beside the p50 of the measured pauses of its cell: where start-up effects show."""
+    if not len(runs) or "warmup" not in runs:
+        return pd.DataFrame()
+    firsts = runs[runs["warmup"].astype(bool)]
+    by_cell = measured(runs).groupby(CELL, dropna=False)
+    rows = []
+    for _, r in firsts.iterrows():
+        key = tuple(r[c] for c in CELL)
+        cell = by_cell.get_group(key) if key in by_cell.groups else None
+        row = {**{c: r[c] for c in CELL}, "run": r.get("run", ""), "engine": r.get("engine")}
+        for metric in STALL_METRICS:
+            row[metric] = r[metric]
+            row[f"{metric}_cell_p50"] = cell[metric].median() if cell is not None else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _ms(value: float) -> str:
     return "-" if pd.isna(value) else f"{value * 1000:.1f}"
 
 
+def _tail(r: object, metric: str) -> str:
+    """'p50 / p90 / max' in ms."""
+    values = [getattr(r, f"{metric}_{q}") for q in ("p50", "p90", "max")]
+    return "-" if all(pd.isna(v) for v in values) else " / ".join(_ms(v) for v in values)
+
+
 def rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted rows (times in ms) for a terminal or Markdown table."""
-    header = ["backend", "dp", "mode", "pause at", "max tok", "conc", "cache", "cycle", "ok",
+    """Header and formatted rows (times in ms, p50 / p90 / max) for a terminal or Markdown table."""
+    header = ["backend", "dp", "mode", "pause at", "max tok", "conc", "cache", "cycle", "ok", "stalls",
               "pause API ms", "quiesce ms", "leak", "gap excess ms", "resume→tok ms", "resume→all ms",
               "preempt", "ITL ms"]
     body = []
@@ -53,9 +129,9 @@ def rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         body.append([
             r.backend, str(r.dp_size), r.mode, r.pause_point, str(r.max_tokens), str(r.concurrency),
             "clear" if r.clear_cache else "keep", cycle + (f" +{r.arrivals} arrive" if r.arrivals else ""),
-            f"{r.ok}/{r.n}", _ms(r.pause_api_s_median), _ms(r.quiesce_s_median),
-            f"{r.leak_tokens_max:.0f}", _ms(r.gap_excess_s_median), _ms(r.resume_ttft_s_median),
-            _ms(r.resume_all_s_median), "-" if pd.isna(r.preemptions_median) else f"{r.preemptions_median:g}",
+            f"{r.ok}/{r.n}", str(r.stalls), _tail(r, "pause_api_s"), _tail(r, "quiesce_s"),
+            f"{r.leak_tokens_max:.0f}", _tail(r, "gap_excess_s"), _tail(r, "resume_ttft_s"),
+            _tail(r, "resume_all_s"), "-" if pd.isna(r.preemptions_median) else f"{r.preemptions_median:g}",
             _ms(r.itl_median_s),
         ])
     return header, body
@@ -78,8 +154,9 @@ def print_table(table: pd.DataFrame, title: str) -> None:
         t.add_column(h, justify="left" if h in ("backend", "mode", "pause at", "cache", "cycle") else "right")
     for r in body:
         leak, ok = r[header.index("leak")] != "0", r[header.index("ok")].split("/")
-        t.add_row(*r, style="bold red" if leak or ok[0] != ok[1] else None)
+        stalled = r[header.index("stalls")] != "0"
+        t.add_row(*r, style="bold red" if leak or ok[0] != ok[1] else ("yellow" if stalled else None))
     console = Console()
     if not console.is_terminal:  # a log file: don't squeeze the table into 80 columns
-        console = Console(width=220)
+        console = Console(width=260)
     console.print(t)

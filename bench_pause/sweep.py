@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Callable
 from bench_pause import meta, summary, vllm_compat
 from bench_pause.backends.base import Session, StartupFailed, Timeouts
 from bench_pause.measure import attempts, measure
+from bench_pause.model import default_model, resolve_model
 from bench_pause.results import META, RunDir, read_meta, write_json
 from bench_pause.scenario import Grid, Scenario, ScenarioError, group_by_engine
 
@@ -35,7 +35,7 @@ class SweepConfig:
     grid: Grid
     out: Path
     model: str | None = None
-    engine_args: str = ""
+    engine_args: list[str] = field(default_factory=list)
     url: str | None = None
     seed: int = 0
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -64,27 +64,6 @@ def _check_out_dir(out: Path) -> None:
         raise ScenarioError(f"output directory {out} is not readable")
 
 
-_HF_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-
-
-def resolve_model(model: str) -> str:
-    """A local model directory (made absolute), a preset name (its generated model) or a
-    Hugging Face id that can be loaded."""
-    from bench_pause.model import PRESETS, cached_preset
-    path = Path(model).expanduser()
-    if path.exists():
-        return str(path.absolute())
-    if model in PRESETS:  # a generated model, built into the cache on first use
-        return str(cached_preset(model))
-    if not _HF_ID.match(model):
-        raise ScenarioError(f"model path {model} does not exist")
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        from bench_pause.model import hf_cached
-        if not hf_cached(model):
-            raise ScenarioError(f"model {model} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1")
-    return model
-
-
 def plan(cfg: SweepConfig, say: Say = print) -> Plan:
     """Validate the sweep and work out what to run; raises ScenarioError/VllmError."""
     scenarios = cfg.grid.scenarios()
@@ -96,11 +75,7 @@ def plan(cfg: SweepConfig, say: Say = print) -> Plan:
         api = vllm_compat.pause_api()
         vllm_compat.check_modes(api, list(cfg.grid.modes))
         gpu = vllm_compat.on_gpu()
-        if cfg.model:
-            model = resolve_model(cfg.model)
-        else:
-            from bench_pause.model import default_model
-            model = default_model(gpu)
+        model = resolve_model(cfg.model) if cfg.model else default_model(gpu, vllm_compat.gpu_memory_gib())
         engine = vllm_compat.engine_config(model, cfg.engine_args, gpu)
         if gpu:
             gpus = vllm_compat.gpu_count()
@@ -158,6 +133,7 @@ async def run(p: Plan, progress: Progress | None = None) -> Outcome:
     info.update({
         "model": p.engine.model if p.engine else None,
         "engine_args": list(p.engine.args) if p.engine else None,
+        "engine": p.engine.summary() if p.engine else None,
         "pause_api": vllm_compat.pause_api() if p.engine else None,
         "seed": cfg.seed, "profile": cfg.profile, "grid": cfg.grid.__dict__, "url": cfg.url,
         "timeouts": cfg.timeouts.__dict__, "skipped": p.skipped,
@@ -192,8 +168,7 @@ async def run(p: Plan, progress: Progress | None = None) -> Outcome:
                     outcome.engine_failures.append(f"{backend} dp{dp_size}: {exc}")
                     progress.say(f"[red]{backend} dp {dp_size} engine failed to start:[/red] {exc}")
                     break
-                entry.update(startup_s=session.info.startup_s, retries=session.info.retries,
-                             engine_args=session.info.engine_args, **session.info.extra)
+                entry.update(startup_s=session.info.startup_s, retries=session.info.retries, **session.info.extra)
                 write_json(meta_path, info)
                 before = len(queue)
                 try:

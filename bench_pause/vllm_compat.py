@@ -150,15 +150,26 @@ def device_name() -> str:
     return f"CPU: {cpu} x{os.cpu_count()}"
 
 
-def default_engine_args(gpu: bool) -> list[str]:
-    """Engine flags used unless the user overrides them (recorded in meta.json)."""
-    args = ["--enforce-eager", "--seed", "0"]
-    if gpu:
-        args += ["--gpu-memory-utilization", "0.3"]
-    else:
-        # On CPU this is the share of host RAM reserved for the KV cache: the default 0.92
-        # fails at start-up; a tiny model needs a few percent.
-        args += ["--gpu-memory-utilization", "0.08"]
+def gpu_memory_gib() -> float:
+    """Memory of the first GPU in GiB (0 without one): picks the default model."""
+    if not on_gpu():
+        return 0.0
+    import torch
+    return torch.cuda.get_device_properties(0).total_memory / 2**30
+
+
+def default_engine_args(gpu: bool) -> dict[str, list[str]]:
+    """Engine flags used unless the user sets the same option, by vLLM option name.
+
+    On a GPU vLLM runs as in production: CUDA graphs on (its default), its own default
+    memory share. On a CPU: eager (graph capture there only slows start-up), and
+    ``gpu_memory_utilization`` is the share of host RAM for the KV cache, whose default
+    0.92 fails at start-up; a tiny model needs a few percent.
+    """
+    args = {"seed": ["--seed", "0"]}
+    if not gpu:
+        args["enforce_eager"] = ["--enforce-eager"]
+        args["gpu_memory_utilization"] = ["--gpu-memory-utilization", "0.08"]
     return args
 
 
@@ -168,6 +179,7 @@ class EngineConfig:
 
     model: str
     args: tuple[str, ...]
+    gpu: bool = False
 
     def cli(self, dp_size: int) -> list[str]:
         """The flags as `vllm serve` / api_server takes them."""
@@ -176,10 +188,14 @@ class EngineConfig:
     def async_engine_args(self, dp_size: int) -> object:
         """AsyncEngineArgs from the same flags, parsed the way `vllm serve` parses them."""
         from vllm.engine.arg_utils import AsyncEngineArgs
-        parser = _parser()
-        AsyncEngineArgs.add_cli_args(parser)
-        ns = _parse(parser, self.cli(dp_size))
-        return AsyncEngineArgs.from_cli_args(ns)
+        return AsyncEngineArgs.from_cli_args(_parse(_engine_parser(), self.cli(dp_size)))
+
+    def summary(self) -> dict:
+        """How the engine runs, for meta.json and the report: CUDA graphs or eager, weights."""
+        ea = self.async_engine_args(1)
+        execution = "CPU" if not self.gpu else ("eager" if ea.enforce_eager else "CUDA graphs")
+        return {"execution": execution, "load_format": str(ea.load_format),
+                "gpu_memory_utilization": ea.gpu_memory_utilization, "max_model_len": ea.max_model_len}
 
 
 def _parser() -> object:
@@ -188,6 +204,13 @@ def _parser() -> object:
     except ImportError:  # older releases
         from vllm.utils import FlexibleArgumentParser
     return FlexibleArgumentParser(prog="bench-pause --engine-args", exit_on_error=False)
+
+
+def _engine_parser() -> object:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    parser = _parser()
+    AsyncEngineArgs.add_cli_args(parser)
+    return parser
 
 
 def _parse(parser: object, argv: list[str]) -> object:
@@ -202,11 +225,32 @@ def _parse(parser: object, argv: list[str]) -> object:
     return ns
 
 
-def engine_config(model: str, engine_args: str, gpu: bool) -> EngineConfig:
-    """Validate the user's engine flags now, before any engine starts."""
-    args = tuple(default_engine_args(gpu) + shlex.split(engine_args or ""))
-    if "--data-parallel-size" in args or "-dp" in args:
+def _options_set(argv: list[str]) -> set[str]:
+    """vLLM option names (argparse dests) that ``argv`` sets, whatever spelling it uses
+    (``--enforce-eager``/``--no-enforce-eager``, ``--foo=1``/``--foo 1``)."""
+    parser = _engine_parser()
+    unset = object()
+    parser.set_defaults(**{a.dest: unset for a in parser._actions if a.dest != "help"})
+    return {k for k, v in vars(_parse(parser, argv)).items() if v is not unset}
+
+
+def engine_config(model: str, engine_args: str | list[str], gpu: bool) -> EngineConfig:
+    """Validate the user's engine flags now, before any engine starts.
+
+    The effective flags are the user's plus each default whose option the user did not
+    set, so meta.json records no contradictory pair. A preset written without weights adds
+    ``--load-format dummy`` (vLLM makes random weights on the device).
+    """
+    parts = engine_args if isinstance(engine_args, list) else [engine_args or ""]
+    user = [token for part in parts for token in shlex.split(part)]
+    given = _options_set(user)
+    if "data_parallel_size" in given:
         raise ScenarioError("set data parallelism with --dp, not inside --engine-args")
-    config = EngineConfig(model=model, args=args)
+    defaults = default_engine_args(gpu)
+    from bench_pause.model import load_format
+    if load_format(model) == "dummy":
+        defaults["load_format"] = ["--load-format", "dummy"]
+    args = [flag for name, flags in defaults.items() if name not in given for flag in flags] + user
+    config = EngineConfig(model=model, args=tuple(args), gpu=gpu)
     config.async_engine_args(1)  # parse only: raises ScenarioError on bad flags
     return config

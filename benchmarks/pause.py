@@ -1,10 +1,13 @@
 """asv suite: what a pause costs, per backend, over dp size, mode, pause point, max_tokens,
-concurrency and clear_cache.
+concurrency, clear_cache and model.
 
-One sweep per backend runs in ``setup_cache`` (one engine per dp size, not one per
-parameter combination), through the same ``bench-pause run`` a user runs; the track_
+One sweep per backend and model runs in ``setup_cache`` (one engine per dp size, not one
+per parameter combination), through the same ``bench-pause run`` a user runs; the track_
 benchmarks then read its measurements. The grid is a named profile, chosen with
-BENCH_PAUSE_PROFILE (default: quick). Combinations the host cannot run (dp larger than
+BENCH_PAUSE_PROFILE (default: auto, i.e. gpu on a GPU host and quick on a CPU); the
+models with BENCH_PAUSE_MODELS, comma-separated presets, directories or Hugging Face ids
+(default: ``default``, the host's default model); BENCH_PAUSE_RUN_ARGS adds options to
+every ``bench-pause run`` (for example ``--startup-timeout 240``). Combinations the host cannot run (dp larger than
 its GPUs, or wait with clear_cache False, which the profiles leave out) have no
 measurements and are skipped.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -33,35 +37,53 @@ except ImportError:  # not installed (a GPU box running from the checkout): use 
     sys.path.insert(0, str(ROOT))
     from bench_pause import profiles, results, summary
 
-PROFILE = os.environ.get("BENCH_PAUSE_PROFILE", "quick")
-GRID = profiles.get(PROFILE)
+PROFILE = os.environ.get("BENCH_PAUSE_PROFILE", "auto")
+MODELS = [m.strip() for m in os.environ.get("BENCH_PAUSE_MODELS", "default").split(",") if m.strip()]
 SWEEPS = Path(os.environ.get("BENCH_PAUSE_ASV_SWEEPS", ROOT / "results" / "asv-sweeps"))
 
 
+def _profile() -> str:
+    if PROFILE != "auto":
+        return PROFILE
+    from bench_pause import vllm_compat
+    return profiles.resolve(PROFILE, vllm_compat.on_gpu())
+
+
+GRID = profiles.get(_profile())
+
+
 def sweep(backend: str) -> pd.DataFrame:
-    """Run the profile's grid for one backend with the bench-pause CLI; its measurements."""
-    out = SWEEPS / f"{PROFILE}-{backend}-{time.strftime('%Y%m%dT%H%M%S')}"
-    cmd = [sys.executable, "-m", "bench_pause", "run", "--profile", PROFILE, "--backend", backend,
-           "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode != 0 or not (out / "runs.parquet").exists():
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return summary.measured(results.load(out)[0])
+    """Run the profile's grid for one backend and each model with the bench-pause CLI; their
+    measurements, with a ``model_param`` column naming the asv parameter value."""
+    frames = []
+    for model in MODELS:
+        name = Path(model).name if model != "default" else "default"
+        out = SWEEPS / f"{_profile()}-{backend}-{name}-{time.strftime('%Y%m%dT%H%M%S')}"
+        cmd = [sys.executable, "-m", "bench_pause", "run", "--profile", _profile(), "--backend", backend,
+               "--out", str(out)] + (["--model", model] if model != "default" else [])
+        cmd += shlex.split(os.environ.get("BENCH_PAUSE_RUN_ARGS", ""))
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if not (out / "runs.parquet").exists():
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        if proc.returncode != 0:  # what it measured before an engine failed still counts; say so
+            print(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}", file=sys.stderr)
+        frames.append(summary.measured(results.load(out)[0]).assign(model_param=model))
+    return pd.concat(frames, ignore_index=True)
 
 
 class _Pause:
-    param_names = ["dp_size", "mode", "pause_point", "max_tokens", "concurrency", "clear_cache"]
+    param_names = ["dp_size", "mode", "pause_point", "max_tokens", "concurrency", "clear_cache", "model"]
     params = [list(GRID.dp_sizes), list(GRID.modes), list(GRID.pause_points), list(GRID.max_tokens),
-              list(GRID.concurrency), list(GRID.clear_cache)]
+              list(GRID.concurrency), list(GRID.clear_cache), MODELS]
     timeout = 7200  # engine start-ups (tens of seconds to minutes each) and the whole sweep
     number = 1
     repeat = 1
 
     def setup(self, runs: pd.DataFrame, dp_size: int, mode: str, pause_point: str, max_tokens: int,
-              concurrency: int, clear_cache: bool) -> None:
+              concurrency: int, clear_cache: bool, model: str) -> None:
         cell = runs[(runs["dp_size"] == dp_size) & (runs["mode"] == mode) & (runs["pause_point"] == pause_point)
                     & (runs["max_tokens"] == max_tokens) & (runs["concurrency"] == concurrency)
-                    & (runs["clear_cache"] == clear_cache)]
+                    & (runs["clear_cache"] == clear_cache) & (runs["model_param"] == model)]
         if not len(cell):
             raise NotImplementedError("not measured (dp size larger than the GPUs, or wait without clear_cache)")
         self.cell = cell

@@ -26,7 +26,9 @@ def one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
     (["--pause-point", "tokens"], "bad pause point"),
     (["--pause-point", "tokens:100", "--max-tokens", "64"], "not before the end"),
     (["--model", "/no/such/model"], "does not exist"),
-    (["--model", "not a model"], "does not exist"),
+    (["--model", "not a model"], "no model"),
+    (["--model", "tiny-mo"], "give a preset (tiny, opt-125m, tiny-moe, tiny-qwen3, qwen3-8b"),
+    (["--engine-args", "--data-parallel-size 2"], "with --dp"),
     (["--engine-args", "--no-such-flag 3"], "engine arguments"),
     (["--repeats", "0"], "repeats"),
 ])
@@ -85,4 +87,4 @@ def test_run_writes_all_four_files(tmp_path):
     for key in ("vllm_version", "torch_version", "device", "model", "engine_args", "started", "host"):
         assert meta[key], key
     assert meta["engines"][0]["startup_s"] > 0
-    assert "median per scenario" in r.stdout
+    assert "p50 / p90 / max per scenario" in r.stdout

@@ -43,7 +43,6 @@ class SessionInfo:
     backend: str
     dp_size: int
     model: str
-    engine_args: list[str]
     startup_s: float = float("nan")
     retries: int = 0
     extra: dict = field(default_factory=dict)

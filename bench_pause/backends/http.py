@@ -49,8 +49,7 @@ class HttpSession(Session):
     def __init__(self, config: EngineConfig | None, dp_size: int, timeouts: Timeouts,
                  log_dir: Path, url: str | None = None) -> None:
         model = config.model if config else ""
-        args = list(config.cli(dp_size)) if config else []
-        super().__init__(SessionInfo("http", dp_size, model, args), timeouts)
+        super().__init__(SessionInfo("http", dp_size, model), timeouts)
         self.config = config
         self.url = url.rstrip("/") if url else None
         self.external = url is not None

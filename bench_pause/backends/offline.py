@@ -20,7 +20,7 @@ class OfflineSession(Session):
     backend = "offline"
 
     def __init__(self, config: EngineConfig, dp_size: int, timeouts: Timeouts) -> None:
-        super().__init__(SessionInfo("offline", dp_size, config.model, list(config.cli(dp_size))), timeouts)
+        super().__init__(SessionInfo("offline", dp_size, config.model), timeouts)
         self.config = config
         self.api = vllm_compat.pause_api()
         self.engine = None
