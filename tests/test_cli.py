@@ -88,3 +88,38 @@ def test_run_writes_all_four_files(tmp_path):
         assert meta[key], key
     assert meta["engines"][0]["startup_s"] > 0
     assert "p50 / p90 / max per scenario" in r.stdout
+
+
+@pytest.mark.parametrize("engine_args", [["--engine-args", "--no-enforce-eager"],
+                                         ["--engine-args=--enforce-eager"],
+                                         ["--engine-args", "--max-model-len 1024", "--engine-args", "--enforce-eager"]])
+def test_engine_args_are_taken_as_written(tmp_path, engine_args):
+    # A flag starting with a dash is vLLM's, not ours: the error reached is the next one.
+    r = bench_pause("run", *engine_args, "--repeats", "0", "--out", str(tmp_path / "out"))
+    one_line_error(r, "repeats must be >= 1")
+
+
+def test_help_says_what_it_measures_and_how_to_start():
+    r = bench_pause("--help")
+    assert r.returncode == 0 and "pauses and resumes generation" in r.stdout
+    assert "bench-pause run --profile auto" in r.stdout and "bench-pause report" in r.stdout
+    r = bench_pause("run", "--help")
+    assert "qwen3-30b-a3b" in r.stdout and "--load-format dummy" in r.stdout
+
+
+@pytest.mark.engine
+def test_a_preset_without_weights_runs_on_a_real_engine(tmp_path, monkeypatch):
+    """The production-shape path on the CPU: a Qwen3 preset written without weights, vLLM
+    making them (--load-format dummy), keep and abort measured and ok."""
+    monkeypatch.setenv("BENCH_PAUSE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    r = bench_pause("run", "--model", "tiny-qwen3", "--backend", "offline", "--mode", "keep", "abort",
+                    "--max-tokens", "64", "--hold", "0.2", "--repeats", "1", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["engine"] == {"execution": "CPU", "load_format": "dummy", "gpu_memory_utilization": 0.08,
+                              "max_model_len": None}
+    assert meta["engine_args"].count("--load-format") == 1
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))
+    measured = summary.measured(pd.read_parquet(out / "runs.parquet"))
+    assert len(measured) == 2 and measured["ok"].all()

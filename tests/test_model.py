@@ -1,8 +1,10 @@
-"""Generated models: the MoE preset is a Mixtral checkpoint transformers loads in full.
+"""Generated models and the engine flags they start with.
 
-vLLM's CPU backend cannot run MoE models (FACTS.md), so the preset is checked here by
-loading it with transformers (every tensor matched, none left over) and running a forward
-pass; the dense presets are loaded by vLLM in every engine test.
+The Mixtral preset is a checkpoint transformers loads in full: vLLM's CPU backend cannot
+run MoE models (FACTS.md), so it is checked by loading it with transformers (every tensor
+matched, none left over) and running a forward pass. The production-shape presets write no
+weights (vLLM makes them: --load-format dummy); their shapes are checked here, and the
+dummy path runs on a real CPU engine in test_cli.py.
 """
 
 from __future__ import annotations
@@ -28,7 +30,47 @@ def test_moe_preset_is_a_complete_mixtral(tmp_path):
 
 
 def test_a_preset_name_is_a_model(monkeypatch, tmp_path):
-    from bench_pause.sweep import resolve_model
     monkeypatch.setenv("BENCH_PAUSE_CACHE", str(tmp_path))
-    path = resolve_model("tiny")
+    path = model.resolve_model("tiny")
     assert path.startswith(str(tmp_path)) and json.loads(open(f"{path}/config.json").read())["model_type"] == "opt"
+
+
+def test_production_presets_have_their_real_shapes_and_no_weight_files(tmp_path):
+    out = model.make_model("qwen3-30b-a3b", tmp_path / "moe")
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["Qwen3MoeForCausalLM"]
+    shape = {k: config[k] for k in ("num_hidden_layers", "hidden_size", "num_experts", "num_experts_per_tok",
+                                    "moe_intermediate_size", "num_attention_heads", "num_key_value_heads",
+                                    "head_dim", "vocab_size")}
+    assert shape == {"num_hidden_layers": 48, "hidden_size": 2048, "num_experts": 128, "num_experts_per_tok": 8,
+                     "moe_intermediate_size": 768, "num_attention_heads": 32, "num_key_value_heads": 4,
+                     "head_dim": 128, "vocab_size": 151936}
+    assert not list(out.glob("*.safetensors")) and not list(out.glob("*.bin"))
+    assert model.load_format(str(out)) == "dummy"
+    # Every id the generated tokenizer makes is below the model's vocab.
+    from transformers import AutoTokenizer
+    ids = AutoTokenizer.from_pretrained(out)("kalo mine ruvel.")["input_ids"]
+    assert ids and max(ids) < model.PRESETS["qwen3-30b-a3b"].tokenizer_vocab <= config["vocab_size"]
+    dense = model.PRESETS["qwen3-8b"].config()
+    assert (dense["num_hidden_layers"], dense["hidden_size"], dense["intermediate_size"]) == (36, 4096, 12288)
+    assert model.load_format(str(model.make_model("tiny", tmp_path / "tiny"))) is None
+
+
+def test_the_gpu_default_is_the_largest_preset_that_fits():
+    assert model.default_preset(on_gpu=False) == "tiny"
+    assert model.default_preset(on_gpu=True, gpu_memory_gib=79.1) == "qwen3-30b-a3b"
+    assert model.default_preset(on_gpu=True, gpu_memory_gib=40) == "qwen3-8b"
+    assert model.default_preset(on_gpu=True, gpu_memory_gib=16) == "opt-125m"
+
+
+def test_effective_engine_flags_have_no_contradictory_pair(tmp_path):
+    from bench_pause import vllm_compat
+    dummy = str(model.make_model("tiny-qwen3", tmp_path / "q"))
+    cpu = vllm_compat.engine_config(dummy, ["--no-enforce-eager", "--max-model-len 1024"], gpu=False)
+    assert cpu.args == ("--seed", "0", "--gpu-memory-utilization", "0.08", "--load-format", "dummy",
+                        "--no-enforce-eager", "--max-model-len", "1024")
+    gpu = vllm_compat.engine_config(dummy, "", gpu=True)
+    assert gpu.args == ("--seed", "0", "--load-format", "dummy") and gpu.summary()["execution"] == "CUDA graphs"
+    eager = vllm_compat.engine_config(dummy, ["--enforce-eager", "--load-format=auto"], gpu=True)
+    assert eager.args == ("--seed", "0", "--enforce-eager", "--load-format=auto")
+    assert eager.summary()["execution"] == "eager" and eager.summary()["load_format"] == "auto"

@@ -1,0 +1,67 @@
+"""Tables show tails, and a stall is listed, never averaged away: hand-built runs with
+known exact answers."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from bench_pause import summary
+from bench_pause.scenario import Scenario
+
+
+def runs_of(values: list[float], metric: str = "resume_all_s", clear_cache: bool = True, warmup_first: bool = True,
+            start: int = 0) -> pd.DataFrame:
+    """One keep cell, one row per value of ``metric`` (the others 10 ms); the first a warm-up."""
+    sc = Scenario("offline", 1, "keep", "tokens:50", 200, 8, 1.0, clear_cache).as_dict()
+    rows = []
+    for i, v in enumerate(values):
+        row = {**sc, "repeat": i, "measurement": start + i, "warmup": warmup_first and i == 0, "engine": 0,
+               "pause_index": i, "missed": False, "ok": True, "leak_tokens": 0, "preemptions": 8.0,
+               "itl_median_s": 0.008}
+        for m in summary.TIMING:
+            row[m] = 0.010
+        row[metric] = v
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_cells_show_p50_p90_and_max_of_the_measured_pauses():
+    # warm-up 0.9 s is left out; measured 10..100 ms
+    runs = runs_of([0.9] + [i / 100 for i in range(1, 11)])
+    table = summary.cells(runs)
+    assert len(table) == 1
+    r = table.iloc[0]
+    assert r["n"] == 10
+    assert r["resume_all_s_p50"] == pytest.approx(0.055)
+    assert r["resume_all_s_p90"] == pytest.approx(0.091)  # numpy's linear interpolation
+    assert r["resume_all_s_max"] == pytest.approx(0.100)
+    header, body = summary.rows(table)
+    assert body[0][header.index("resume→all ms")] == "55.0 / 91.0 / 100.0"
+
+
+def test_a_stall_is_counted_and_listed_with_its_pause():
+    # p50 = 20 ms; 0.8 s is > 5 x p50 and > 100 ms beyond: a stall. 0.11 s is > 5 x but
+    # only 90 ms beyond: not one.
+    runs = runs_of([0.01, 0.02, 0.02, 0.02, 0.11, 0.8, 0.02, 0.02], warmup_first=False)
+    found = summary.stalls(runs)
+    assert list(found["measurement"]) == [5]
+    row = found.iloc[0]
+    assert (row["metric"], row["value_s"], row["cell_p50_s"], row["pause_index"]) == ("resume_all_s", 0.8, 0.02, 5)
+    assert summary.cells(runs).iloc[0]["stalls"] == 1
+
+
+def test_no_stall_in_a_tight_cell_or_below_the_absolute_margin():
+    assert not len(summary.stalls(runs_of([0.02] * 6, warmup_first=False)))
+    # 10 x the p50 but 45 ms beyond it: noise a trainer never feels
+    assert not len(summary.stalls(runs_of([0.005] * 5 + [0.05], warmup_first=False)))
+
+
+def test_the_first_pause_after_start_is_reported_beside_its_cell():
+    runs = runs_of([0.9, 0.02, 0.03, 0.04])
+    first = summary.first_pauses(runs)
+    assert len(first) == 1
+    assert first.iloc[0]["resume_all_s"] == 0.9 and first.iloc[0]["resume_all_s_cell_p50"] == pytest.approx(0.03)
+    assert math.isnan(summary.first_pauses(runs_of([0.9])).iloc[0]["resume_all_s_cell_p50"])
