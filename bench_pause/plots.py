@@ -1,4 +1,4 @@
-"""Figures of one or more run directories: timeline, time to pause, gap, clear_cache, leak.
+"""Figures of one or more run directories: timeline, time to pause, gap, clear_cache, stalls, leak.
 
 Every figure names the vLLM version, device, model and date in its footer, uses the same
 colour per mode, puts units on its axes, and is written as PNG and SVG.
@@ -239,6 +239,49 @@ def clear_cache(data: Runs, out: Path) -> list[Path]:
     return _save(fig, out, "clear_cache", data)
 
 
+def stalls(data: Runs, out: Path) -> list[Path]:
+    """Every keep pause in the order its engine made it: resume call to every request's next
+    token, log scale, clear_cache True and False apart, the first pause after each engine
+    start drawn hollow. A stall is a point far above its row; nothing is averaged."""
+    runs = data.runs
+    keep = runs[(runs["mode"] == "keep") & (runs["cycle"] == "pause") & (runs["arrivals"] == 0)
+                & ~runs["missed"].fillna(False).astype(bool) & runs["resume_all_s"].notna()]
+    if not len(keep):
+        return []
+    facets = _facets(keep)
+    fig, axes = plt.subplots(1, len(facets), figsize=(6 * len(facets), 4.2), squeeze=False, sharey=True)
+    colors = {True: MODE_COLORS["keep"], False: "#ff7f0e"}
+    found = summary.stalls(runs)
+    stalled = set(zip(found.get("run", []), found.get("measurement", [])))
+    for ax, (backend, dp) in zip(axes[0], facets):
+        cell = keep[(keep["backend"] == backend) & (keep["dp_size"] == dp)]
+        for (run, cc), g in cell.groupby(["run", "clear_cache"]):
+            order = g.sort_values(["engine", "pause_index"])
+            x = np.arange(len(order))
+            warm = order["warmup"].astype(bool).to_numpy()
+            y = order["resume_all_s"].to_numpy() * 1e3
+            label = f"{run}: clear_cache={bool(cc)}"
+            ax.plot(x, y, color=colors[bool(cc)], lw=0.6, alpha=0.5)
+            ax.scatter(x[~warm], y[~warm], color=colors[bool(cc)], s=16, label=label, zorder=3)
+            ax.scatter(x[warm], y[warm], facecolors="none", edgecolors=colors[bool(cc)], s=40, zorder=3,
+                       label="first pause after start" if warm.any() else None)
+            hit = np.array([(run, mid) in stalled for mid in order["measurement"]])
+            ax.scatter(x[hit], y[hit], marker="x", color="red", s=50, zorder=4,
+                       label="stall" if hit.any() else None)
+        ax.set_yscale("log")
+        ax.set_title(f"{backend}, dp {dp}: keep pauses in engine order", fontsize=10)
+        ax.set_xlabel("nth keep pause of its run and clear_cache value")
+        ax.set_ylabel("resume call to every request's next token (ms, log)")
+        ax.grid(axis="y", alpha=0.3, which="both")
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        ax.legend(unique.values(), unique.keys(), fontsize=7, loc="upper right")
+    fig.suptitle(f"Every keep pause: stalls (x: > {summary.STALL_FACTOR:g} x the cell's p50 and "
+                 f"> {summary.STALL_MIN_S * 1e3:g} ms beyond it) are shown, not averaged away")
+    fig.tight_layout()
+    return _save(fig, out, "stalls", data)
+
+
 def leak(data: Runs, out: Path) -> list[Path]:
     """Tokens delivered while paused, by mode: zeros on a correct engine, loud otherwise."""
     m = data.measured
@@ -271,7 +314,7 @@ def leak(data: Runs, out: Path) -> list[Path]:
 
 
 FIGURES = {"timeline": timeline, "time_to_pause": time_to_pause, "gap": gap, "clear_cache": clear_cache,
-           "leak": leak}
+           "stalls": stalls, "leak": leak}
 
 
 def plot_all(dirs: list[Path], out: Path) -> dict[str, list[Path]]:

@@ -22,6 +22,9 @@ CAPTIONS = {
                    "and their prompts and generated tokens prefilled again after resume) against False: the "
                    "gap beyond the hold (top) and resume call to the moment every request has its next token "
                    "(bottom), by concurrency; the dashed line is one decode step.",
+    "stalls": "Every keep pause in the order its engine made it (the first after each engine start hollow): "
+              "resume call to the moment every request has its next token, log scale. A stall is a point far "
+              "above its row, marked with a red x.",
     "leak": "Tokens delivered between the pause's return and the resume call. A correct engine "
             "delivers none; a leak is drawn in red.",
 }

@@ -37,6 +37,8 @@ case ${1:-info} in
     ;;
   asv)
     bench=${2:?asv Offline|Http}
+    # asv looks the commit up in .git: bring it in when the checkout travelled without it.
+    [ -f gpu-commits.bundle ] && git fetch -q gpu-commits.bundle "HEAD:refs/heads/gpu-run" 2>&1 | tail -2
     export BENCH_PAUSE_PROFILE=gpu BENCH_PAUSE_MODELS=$MODELS BENCH_PAUSE_RUN_ARGS="--startup-timeout 240"
     python3 -m asv machine --yes --machine "$MACHINE" >/dev/null
     timeout "$LIMIT_S" python3 -m asv run --python=same --launch-method forkserver --machine "$MACHINE" \
