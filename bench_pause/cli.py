@@ -161,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if (out / results.RUNS).exists():
         runs = results.load(out)[0]
         summary.print_table(summary.cells(runs), f"p50 / p90 / max per scenario ({out})")
-        not_ok = int((~summary.measured(runs)["ok"].astype(bool)).sum())
+        not_ok = int((~results.measured(runs)["ok"].astype(bool)).sum())
         if not_ok:
             progress.say(f"[red]{not_ok} measured pause(s) broke their mode's contract or failed: "
                          "see runs.parquet[/red]")

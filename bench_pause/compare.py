@@ -76,7 +76,7 @@ def _verdict(base: np.ndarray, new: np.ndarray, th: Thresholds, scale: float = 1
 def compare(base_dir: Path, new_dir: Path, th: Thresholds = Thresholds()) -> Comparison:
     base_runs, *_, base_meta = results.load(base_dir)
     new_runs, *_, new_meta = results.load(new_dir)
-    base, new = summary.measured(base_runs), summary.measured(new_runs)
+    base, new = results.measured(base_runs), results.measured(new_runs)
     bkeys = {tuple(k) for k in base[summary.CELL].drop_duplicates().itertuples(index=False)}
     nkeys = {tuple(k) for k in new[summary.CELL].drop_duplicates().itertuples(index=False)}
     missing = [f"only in {Path(base_dir).name}: {k}" for k in sorted(bkeys - nkeys, key=str)]
@@ -173,7 +173,7 @@ def plot_versions(dirs: list[Path], out: Path) -> list[Path]:
     for d in dirs:
         runs, *_, meta = results.load(d)
         labels.append(f"{meta.get('vllm_version', '?')}\n{Path(d).name}")
-        tables.append(summary.measured(runs))
+        tables.append(results.measured(runs))
     fig, axes = plt.subplots(1, len(TIMING), figsize=(4.2 * len(TIMING), 4.2), squeeze=False)
     for ax, metric in zip(axes[0], TIMING):
         for mode, color in MODE_COLORS.items():

@@ -11,10 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable
-
-import pandas as pd
 
 from bench_pause import metrics, trace as tr
 from bench_pause.backends.base import Session, Timeouts
@@ -22,17 +19,6 @@ from bench_pause.model import corpus
 from bench_pause.scenario import Scenario
 
 _WORDS = corpus(4000, seed=1)
-
-
-@dataclass
-class Measurement:
-    """One measured pause: its scenario, its raw trace and what it cost."""
-
-    scenario: Scenario
-    tokens: pd.DataFrame
-    events: pd.DataFrame
-    metrics: dict
-    engine_broken: bool
 
 
 def prompts(n: int, rng: random.Random, words: int = 24) -> list[str]:
@@ -124,7 +110,7 @@ async def _record_preemptions(session: Session, trace: tr.Trace, timeout: float)
     trace.event(tr.COUNTERS, detail=json.dumps(await asyncio.wait_for(session.preemptions(), timeout)))
 
 
-async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: random.Random) -> Measurement:
+async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: random.Random) -> tr.Measurement:
     """Run one scenario on ``session``; never raises for engine faults, records them.
 
     The cycle: ``concurrency`` requests, the pause at the pause point of the first, the
@@ -189,7 +175,7 @@ async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: rando
         error = f"engine died ({error})"
     tokens, events = trace.tokens_frame(), trace.events_frame()
     values = metrics.compute(tokens, events, sc.as_dict(), error=error)
-    return Measurement(sc, tokens, events, values, broken)
+    return tr.Measurement(sc, tokens, events, values, broken)
 
 
 # Times a cell is measured again when its pause missed the first request (it finished
@@ -200,7 +186,7 @@ MAX_MISSED = 2
 
 
 async def attempts(session: Session, sc: Scenario, timeouts: Timeouts,
-                   rng: random.Random) -> AsyncIterator[Measurement]:
+                   rng: random.Random) -> AsyncIterator[tr.Measurement]:
     """Measure ``sc``, again while the pause misses (at most ``MAX_MISSED`` more times);
     yields every attempt, so a caller can keep them all."""
     for _ in range(1 + MAX_MISSED):

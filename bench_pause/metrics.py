@@ -13,13 +13,20 @@ Definitions (client clock unless the name says ``engine``):
 - ``gap_s``: the first request's inter-token gap spanning the pause: its first token
   after the resume call minus its last token before it (its submit time when it had
   none, i.e. a ``prefill`` pause). NaN when it never produced a token after resume.
-- ``gap_excess_s``: ``gap_s - hold_s``, what the pause added beyond the hold.
+- ``hold_actual_s``: the hold that happened, pause return to resume call. The scenario's
+  ``hold_s`` is the hold asked for; the sleep between them overshoots it by a little.
+- ``gap_excess_s``: ``gap_s - hold_actual_s``, what the pause and the resume added beyond
+  the hold that happened (sleep overshoot is not a pause cost).
 - ``resume_api_s``, ``resume_ttft_s``: resume call to its return / to the first token
   of any request after it.
 - ``resume_all_s``: resume call to the first token of the *last* request to come back,
   over the requests unfinished at the resume: when every stream is moving again.
-- ``resume_engine_s``: resume call to the engine-side timestamp of the first token after
-  it (offline only): the resume cost without the output path back to the client.
+- ``quiesce_engine_s``: pause call to the engine-side timestamp of the last token the
+  engine made between the pause call and its return (0 when none): tokens are picked by
+  the engine's clock, not by when they reached the client (offline only; NaN over HTTP).
+- ``resume_engine_s``: resume call to the engine-side timestamp of the first token the
+  engine made after it (offline only): the resume cost without the output path back to
+  the client.
 - ``preemptions``: requests the engine preempted during the measurement, from vLLM's own
   ``vllm:num_preemptions`` counter (read before and after). A keep pause with
   ``clear_cache=True`` preempts every running request; NaN where it cannot be read.
@@ -31,9 +38,11 @@ Definitions (client clock unless the name says ``engine``):
   told). vLLM
   counts only first prefills in ``vllm:prompt_tokens``, so this cannot be read off it.
 - ``missed``: the first request was finished before the pause could act on it (it ended
-  before the pause call, or in keep/abort mode ran to its length before the resume):
-  the pause stopped nothing, so gap and resume figures are undefined. The sweep measures
-  such a cell again; statistics leave missed measurements out.
+  before the pause call, or in keep/abort mode ran to its length before the resume with
+  no token delivered while paused: its last tokens were already on their way): the pause
+  stopped nothing, so gap and resume figures are undefined. The sweep measures such a
+  cell again; statistics leave missed measurements out. A measurement that leaked is
+  never missed: an engine that ignores a pause shows up as a leak, not as a gap in the data.
 - ``arrivals_admitted_s``, ``arrivals_ttft_s``: for requests submitted while paused
   (``arrivals``): first submission to all of them being taken in, and resume call to
   the first token of the slowest of them. They must not get a token before the resume
@@ -71,6 +80,11 @@ import numpy as np
 import pandas as pd
 
 from bench_pause import trace as tr
+
+# Bumped when a definition changes; meta.json records it (`bench-pause recompute` updates
+# it with the metrics). 2: gap_excess_s against the hold that happened, engine-clock
+# metrics selected by the engine's clock, a leak never counted as missed.
+VERSION = 2
 
 # The metrics a benchmark tracks, with their units: what summaries, plots and asv show.
 HEADLINE = {
@@ -155,7 +169,7 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
     as a dict, or a stored run row); axes added later default to what older runs did.
     """
     mode, max_tokens = str(scenario["mode"]), int(scenario["max_tokens"])
-    concurrency, hold_s = int(scenario["concurrency"]), float(scenario["hold_s"])
+    concurrency = int(scenario["concurrency"])
     dp_size, cycle = int(scenario.get("dp_size", 1)), str(scenario.get("cycle", "pause") or "pause")
     n_arrivals = int(scenario.get("arrivals", 0) or 0)
     originals, arrivals = range(concurrency), range(concurrency, concurrency + n_arrivals)
@@ -167,15 +181,15 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
     resume_ret = _event_time(events, tr.RESUME_RETURN)
     finishes = _finishes(events)
 
-    t = tokens["t"]
+    t, engine_t = tokens["t"], tokens["engine_t"]
     in_pause_call = tokens[(t >= pause_call) & (t <= pause_ret)]
     quiesce = float(in_pause_call["t"].max() - pause_call) if len(in_pause_call) else 0.0
     quiesce_engine = math.nan
-    if len(in_pause_call) and in_pause_call["engine_t"].notna().any():
-        quiesce_engine = float(in_pause_call["engine_t"].max() - pause_call)
-    elif "engine_t" in tokens and tokens["engine_t"].notna().any():
-        quiesce_engine = 0.0
+    if engine_t.notna().any():  # selected and measured on the engine's clock alike
+        made = engine_t[(engine_t >= pause_call) & (engine_t <= pause_ret)]
+        quiesce_engine = float(made.max() - pause_call) if len(made) else 0.0
     leak = int(tokens.loc[(t > pause_ret) & (t < resume_call), "n_tokens"].sum())
+    hold_actual = resume_call - pause_ret
 
     first = tokens[tokens["request"] == 0]
     before = first[first["t"] < resume_call]
@@ -186,7 +200,7 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
     gap = nxt - prev
     resumed = tokens[t >= resume_call]
     resume_ttft = float(resumed["t"].iloc[0] - resume_call) if len(resumed) else math.nan
-    engine_after = resumed["engine_t"].dropna()
+    engine_after = engine_t[engine_t >= resume_call]
     resume_engine = float(engine_after.min() - resume_call) if len(engine_after) else math.nan
     itl_median, itl_max = _itl(first, (prev, nxt) if not math.isnan(gap) else (math.inf, -math.inf))
 
@@ -220,7 +234,7 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
         return all(per_request.get(r, 0) == max_tokens and finishes.get(r, (0, ""))[1] == "length" for r in requests)
 
     fin0 = finishes.get(0)
-    missed = cycle != "idle" and fin0 is not None and (
+    missed = cycle != "idle" and fin0 is not None and leak == 0 and (
         fin0[0] < pause_call or (mode != "wait" and fin0[1] == "length" and fin0[0] < resume_call))
 
     arrivals_ttft = _last_comeback(tokens, arrivals, resume_call)
@@ -250,7 +264,8 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
         "quiesce_engine_s": quiesce_engine,
         "leak_tokens": leak,
         "gap_s": gap,
-        "gap_excess_s": gap - hold_s,
+        "hold_actual_s": hold_actual,
+        "gap_excess_s": gap - hold_actual,
         "resume_api_s": resume_ret - resume_call,
         "resume_ttft_s": resume_ttft,
         "resume_all_s": resume_all,

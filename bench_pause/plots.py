@@ -46,7 +46,7 @@ class Runs:
 
     @property
     def measured(self) -> pd.DataFrame:
-        return summary.measured(self.runs)
+        return results.measured(self.runs)
 
     @property
     def plain(self) -> pd.DataFrame:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bench_pause import meta, plots, summary
+from bench_pause import meta, plots, results, summary
 
 CAPTIONS = {
     "timeline": "One typical pause per mode and backend: every token's arrival per request, the "
@@ -31,7 +31,7 @@ CAPTIONS = {
 
 
 def _describe(name: str, info: dict, runs) -> str:
-    m = summary.measured(runs)
+    m = results.measured(runs)
     engines = info.get("engines", [])
     starts = ", ".join(f"{e['backend']} dp{e['dp_size']} {e.get('startup_s', float('nan')):.0f} s"
                        for e in engines if "startup_s" in e)

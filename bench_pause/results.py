@@ -1,7 +1,11 @@
 """A run directory on disk: runs/tokens/events Parquet files and meta.json.
 
-Every append rewrites the files through a temporary file and ``os.replace``, so an
-interrupted sweep leaves valid files holding every measurement finished before it.
+During a sweep each measurement's trace goes to its own small files under ``parts/``
+and only the runs table (one row per pause) is rewritten, so appending stays cheap on a
+grid of thousands of pauses; :meth:`RunDir.consolidate` folds the parts into
+tokens.parquet and events.parquet when the sweep ends. Every write goes through a
+temporary file and ``os.replace``, and a reader merges any parts left behind, so an
+interrupted sweep leaves a readable directory holding every measurement finished before it.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench_pause.measure import Measurement
+from bench_pause import metrics
 from bench_pause.metrics import HEADLINE, for_measurement
 from bench_pause.scenario import Scenario
+from bench_pause.trace import Measurement
 
-RUNS, TOKENS, EVENTS, META = "runs.parquet", "tokens.parquet", "events.parquet", "meta.json"
+RUNS, TOKENS, EVENTS, META, PARTS = "runs.parquet", "tokens.parquet", "events.parquet", "meta.json", "parts"
 
 
 def _atomic(path: Path, write: callable) -> None:
@@ -33,6 +38,17 @@ def write_json(path: Path, data: dict) -> None:
 def read_meta(run_dir: Path) -> dict:
     path = Path(run_dir) / META
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def measured(runs: pd.DataFrame) -> pd.DataFrame:
+    """The pauses statistics count: warm-ups (the first pause after each engine start,
+    reported on its own) and missed pauses (metrics.missed) are kept on disk but left out."""
+    if not len(runs):
+        return runs
+    keep = ~runs["warmup"].astype(bool)
+    if "missed" in runs:
+        keep &= ~runs["missed"].fillna(False).astype(bool)
+    return runs[keep]
 
 
 def _with_new_axes(runs: pd.DataFrame) -> pd.DataFrame:
@@ -54,31 +70,62 @@ class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.runs = self._read(RUNS)
-        self.tokens = self._read(TOKENS)
-        self.events = self._read(EVENTS)
+        self._tokens: pd.DataFrame | None = None
+        self._events: pd.DataFrame | None = None
 
     def _read(self, name: str) -> pd.DataFrame:
         file = self.path / name
         df = pd.read_parquet(file) if file.exists() else pd.DataFrame()
-        return _with_new_axes(df) if name == RUNS and len(df) else df
+        if name == RUNS:
+            return _with_new_axes(df) if len(df) else df
+        parts = sorted((self.path / PARTS).glob(f"*.{name}"))
+        return pd.concat([df, *map(pd.read_parquet, parts)], ignore_index=True) if parts else df
+
+    @property
+    def tokens(self) -> pd.DataFrame:
+        if self._tokens is None:
+            self._tokens = self._read(TOKENS)
+        return self._tokens
+
+    @property
+    def events(self) -> pd.DataFrame:
+        if self._events is None:
+            self._events = self._read(EVENTS)
+        return self._events
 
     def next_id(self) -> int:
         return int(self.runs["measurement"].max()) + 1 if len(self.runs) else 0
 
     def append(self, m: Measurement, extra: dict) -> int:
-        """Store one measurement (scenario, metrics and ``extra`` columns); returns its id."""
+        """Store one measurement (scenario, metrics and ``extra`` columns); returns its id.
+        Its trace is written to parts/ first, so the runs table never names a measurement
+        whose trace is not on disk."""
         mid = self.next_id()
+        parts = self.path / PARTS
+        parts.mkdir(parents=True, exist_ok=True)
+        for name, df in ((TOKENS, m.tokens), (EVENTS, m.events)):
+            _atomic(parts / f"{mid:07d}.{name}", lambda tmp, df=df: df.assign(measurement=mid).to_parquet(tmp, index=False))
         row = {"measurement": mid, **m.scenario.as_dict(), **extra, **m.metrics}
         self.runs = pd.concat([self.runs, pd.DataFrame([row])], ignore_index=True)
-        self.tokens = pd.concat([self.tokens, m.tokens.assign(measurement=mid)], ignore_index=True)
-        self.events = pd.concat([self.events, m.events.assign(measurement=mid)], ignore_index=True)
-        self.flush()
+        _atomic(self.path / RUNS, lambda tmp: self.runs.to_parquet(tmp, index=False))
+        self._tokens = self._events = None  # read again (with the new part) when asked for
         return mid
 
+    def consolidate(self) -> None:
+        """Fold the per-measurement parts into tokens.parquet and events.parquet."""
+        if (self.path / PARTS).exists():
+            self.flush()
+
     def flush(self) -> None:
+        """Write all three tables whole and drop the parts they now hold."""
         self.path.mkdir(parents=True, exist_ok=True)
-        for name, df in ((RUNS, self.runs), (TOKENS, self.tokens), (EVENTS, self.events)):
+        tokens, events = self.tokens, self.events
+        for name, df in ((RUNS, self.runs), (TOKENS, tokens), (EVENTS, events)):
             _atomic(self.path / name, lambda tmp, df=df: df.to_parquet(tmp, index=False))
+        for part in (self.path / PARTS).glob("*.parquet"):
+            part.unlink()
+        if (self.path / PARTS).exists():
+            (self.path / PARTS).rmdir()
 
 
 def _existing(run_dir: Path) -> RunDir:
@@ -95,9 +142,10 @@ def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]
 
 
 def recompute(run_dir: Path) -> int:
-    """Recompute every measurement's metrics from its stored trace and rewrite runs.parquet:
-    metrics are pure functions of the trace, so a run recorded before a metric existed or
-    was refined gains it without an engine. Returns the number of measurements."""
+    """Recompute every measurement's metrics from its stored trace and rewrite runs.parquet
+    (and meta.json's ``metrics_version``): metrics are pure functions of the trace, so a run
+    recorded before a metric existed or was refined gains it without an engine. Returns
+    the number of measurements."""
     rd = _existing(run_dir)
     tokens, events = rd.tokens.groupby("measurement"), rd.events.groupby("measurement")
     rows = []
@@ -108,4 +156,8 @@ def recompute(run_dir: Path) -> int:
         rows.append({**run.to_dict(), **for_measurement(t, e, run)})
     rd.runs = pd.DataFrame(rows)
     rd.flush()
+    meta = read_meta(run_dir)
+    if meta:
+        meta["metrics_version"] = metrics.VERSION
+        write_json(Path(run_dir) / META, meta)
     return len(rows)

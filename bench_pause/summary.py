@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from bench_pause.metrics import HEADLINE
+from bench_pause.results import measured
 from bench_pause.scenario import Scenario
 
 CELL = [c for c in Scenario.columns() if c != "repeat"]
@@ -24,17 +25,6 @@ TIMING = [m for m, unit in HEADLINE.items() if unit == "s"]
 # MoE resume stalls seen on GPUs were 0.67-0.94 s against 10-77 ms (FACTS.md).
 STALL_FACTOR, STALL_MIN_S = 5.0, 0.100
 STALL_METRICS = ["pause_api_s", "gap_excess_s", "resume_ttft_s", "resume_all_s"]
-
-
-def measured(runs: pd.DataFrame) -> pd.DataFrame:
-    """The measured pauses: warm-ups and missed pauses (metrics.missed) are kept on disk
-    but left out of statistics."""
-    if not len(runs):
-        return runs
-    keep = ~runs["warmup"].astype(bool)
-    if "missed" in runs:
-        keep &= ~runs["missed"].fillna(False).astype(bool)
-    return runs[keep]
 
 
 def _p90(values: pd.Series) -> float:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from bench_pause import meta, summary, vllm_compat
+from bench_pause import meta, metrics, results, vllm_compat
 from bench_pause.backends.base import Session, StartupFailed, Timeouts
 from bench_pause.measure import attempts, measure
 from bench_pause.model import default_model, resolve_model
@@ -85,9 +85,13 @@ def plan(cfg: SweepConfig, say: Say = print) -> Plan:
                 scenarios = [sc for sc in scenarios if sc.dp_size <= gpus]
     done = set()
     if cfg.resume:
+        recorded = read_meta(cfg.out).get("vllm_version")
+        if recorded and recorded != vllm_compat.vllm_version():
+            raise ScenarioError(f"--resume: {cfg.out} was measured with vLLM {recorded}, this is "
+                                f"{vllm_compat.vllm_version()}; measure into a new --out")
         runs = RunDir(cfg.out).runs
         if len(runs):
-            measured = summary.measured(runs)
+            measured = results.measured(runs)
             done = {tuple(r) for r in measured[Scenario.columns()].itertuples(index=False)}
     todo = [sc for sc in scenarios if tuple(sc.as_dict().values()) not in done]
     skipped = [f"{len(scenarios) - len(todo)} cells already measured"] if done else []
@@ -135,7 +139,7 @@ async def run(p: Plan, progress: Progress | None = None) -> Outcome:
         "engine_args": list(p.engine.args) if p.engine else None,
         "engine": p.engine.summary() if p.engine else None,
         "pause_api": vllm_compat.pause_api() if p.engine else None,
-        "seed": cfg.seed, "profile": cfg.profile, "grid": cfg.grid.__dict__, "url": cfg.url,
+        "metrics_version": metrics.VERSION, "seed": cfg.seed, "profile": cfg.profile, "grid": cfg.grid.__dict__, "url": cfg.url,
         "timeouts": cfg.timeouts.__dict__, "skipped": p.skipped,
     })
     info.setdefault("runs", []).append({"started": meta.now(), "cells": p.total, "resume": cfg.resume})
@@ -180,8 +184,9 @@ async def run(p: Plan, progress: Progress | None = None) -> Outcome:
                     outcome.stopped_early = True
                     return outcome
     finally:
+        rundir.consolidate()
         info["finished"] = meta.now()
-        info["measured"] = len(summary.measured(rundir.runs))
+        info["measured"] = len(results.measured(rundir.runs))
         write_json(meta_path, info)
     return outcome
 

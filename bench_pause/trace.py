@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from bench_pause.scenario import Scenario
+
 TOKEN_COLUMNS = ["request", "index", "n_tokens", "t", "engine_t"]
 EVENT_COLUMNS = ["event", "request", "t", "detail"]
 
@@ -64,3 +66,14 @@ class Trace:
     def events_frame(self) -> pd.DataFrame:
         df = pd.DataFrame(self.events, columns=EVENT_COLUMNS)
         return df.astype({"event": "string", "request": "int64", "t": "float64", "detail": "string"})
+
+
+@dataclass
+class Measurement:
+    """One measured pause: its scenario, its frozen trace and what it cost."""
+
+    scenario: Scenario
+    tokens: pd.DataFrame
+    events: pd.DataFrame
+    metrics: dict
+    engine_broken: bool

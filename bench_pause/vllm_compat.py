@@ -103,6 +103,17 @@ async def call_pause(engine: object, api: str, mode: str, clear_cache: bool) -> 
     await engine.pause_generation(**pause_kwargs(api, mode, clear_cache))
 
 
+def unfinished_requests(engine: object) -> int:
+    """Requests an AsyncLLM has registered and not finished (its output processor's count)."""
+    return engine.output_processor.get_num_unfinished_requests()
+
+
+def engine_dead(engine: object) -> bool:
+    """Whether an AsyncLLM's engine-core client has seen its engine die."""
+    resources = getattr(engine.engine_core, "resources", None)
+    return bool(getattr(resources, "engine_dead", False))
+
+
 _PREEMPTIONS = re.compile(r'^vllm:num_preemptions_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)', re.M)
 
 

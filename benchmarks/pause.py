@@ -67,7 +67,7 @@ def sweep(backend: str) -> pd.DataFrame:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         if proc.returncode != 0:  # what it measured before an engine failed still counts; say so
             print(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}", file=sys.stderr)
-        frames.append(summary.measured(results.load(out)[0]).assign(model_param=model))
+        frames.append(results.measured(results.load(out)[0]).assign(model_param=model))
     return pd.concat(frames, ignore_index=True)
 
 

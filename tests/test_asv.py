@@ -85,7 +85,7 @@ def test_asv_quick_run_and_publish(tmp_path):
     # The sweeps behind it: at dp 2 the two requests go one to each rank, and both report.
     from bench_pause import results, summary
     for sweep in (tmp_path / "sweeps").iterdir():
-        runs = summary.measured(results.load(sweep)[0])
+        runs = results.measured(results.load(sweep)[0])
         dp2 = runs[runs["dp_size"] == 2]
         assert len(dp2), sweep
         for row in dp2.itertuples():

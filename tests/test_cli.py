@@ -9,7 +9,7 @@ import subprocess
 import pandas as pd
 import pytest
 
-from bench_pause import summary, vllm_compat
+from bench_pause import results, vllm_compat
 
 from .conftest import bench_pause
 
@@ -77,7 +77,7 @@ def test_run_writes_all_four_files(tmp_path):
     for name in ("runs.parquet", "tokens.parquet", "events.parquet", "meta.json"):
         assert (out / name).stat().st_size > 0, name
     runs = pd.read_parquet(out / "runs.parquet")
-    measured = summary.measured(runs)
+    measured = results.measured(runs)
     assert len(measured) == 6 and runs["warmup"].sum() == 1
     assert measured["ok"].all()
     assert set(measured["mode"]) == {"keep", "abort", "wait"}
@@ -121,5 +121,13 @@ def test_a_preset_without_weights_runs_on_a_real_engine(tmp_path, monkeypatch):
                               "max_model_len": None}
     assert meta["engine_args"].count("--load-format") == 1
     assert not list((tmp_path / "cache").rglob("*.safetensors"))
-    measured = summary.measured(pd.read_parquet(out / "runs.parquet"))
+    measured = results.measured(pd.read_parquet(out / "runs.parquet"))
     assert len(measured) == 2 and measured["ok"].all()
+
+
+def test_resume_refuses_a_run_made_with_another_vllm(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "meta.json").write_text(json.dumps({"vllm_version": "0.0.1"}))
+    r = bench_pause("run", "--resume", "--out", str(out))
+    one_line_error(r, "measured with vLLM 0.0.1")

@@ -58,7 +58,7 @@ def test_url_measures_a_running_server(http_session, tmp_path):
                     "--max-tokens", "32", "--repeats", "1", "--hold", "0.2", "--out", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     runs = results.load(out)[0]
-    measured = summary.measured(runs)
+    measured = results.measured(runs)
     assert set(measured["mode"]) == {"keep", "abort"} and measured["ok"].all()
     meta = results.read_meta(out)
     assert meta["engines"][0]["url"] == http_session.url

@@ -78,7 +78,7 @@ class OfflineSession(Session):
     def admitted(self) -> int:
         # Requests are registered here right before they are sent to the engine core, on
         # the same socket as the pause call, so the engine sees them first.
-        return self.engine.output_processor.get_num_unfinished_requests()
+        return vllm_compat.unfinished_requests(self.engine)
 
     async def pause(self, mode: str, clear_cache: bool) -> str:
         await vllm_compat.call_pause(self.engine, self.api, mode, clear_cache)
@@ -99,8 +99,7 @@ class OfflineSession(Session):
     def alive(self) -> bool:
         if self.engine is None or not procs.alive(self._pids):
             return False
-        resources = getattr(self.engine.engine_core, "resources", None)
-        return not getattr(resources, "engine_dead", False)
+        return not vllm_compat.engine_dead(self.engine)
 
     async def close(self) -> None:
         engine, self.engine = self.engine, None

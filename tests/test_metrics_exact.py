@@ -1,0 +1,123 @@
+"""Metric definitions on traces built by hand, with exact answers.
+
+Times are chosen so each metric has one right value: two requests of 4 tokens, a keep
+pause called at t=10.000 after request 0's second token, returning at 10.030, resume
+called at 11.050 (a 1.0 s hold asked for, 1.020 s held: the sleep overshot by 20 ms).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from bench_pause import metrics, trace as tr
+
+SCENARIO = {"backend": "offline", "dp_size": 1, "mode": "keep", "pause_point": "tokens:2", "max_tokens": 4,
+            "concurrency": 2, "hold_s": 1.0, "clear_cache": False, "arrivals": 0, "cycle": "pause"}
+
+
+def frames(tokens: list[tuple], events: list[tuple]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """tokens: (request, t, engine_t or nan, n_tokens=1); events: (name, request, t, detail)."""
+    t = tr.Trace()
+    for request, when, engine_t, *n in tokens:
+        t.token(request, n[0] if n else 1, None if math.isnan(engine_t) else engine_t)
+        t.tokens[-1] = (*t.tokens[-1][:3], when, t.tokens[-1][4])
+    for name, request, when, detail in events:
+        t.event(name, request, detail, t=when)
+    return t.tokens_frame(), t.events_frame()
+
+
+NAN = math.nan
+CONTROL = [(tr.SUBMIT, 0, 9.900, ""), (tr.SUBMIT, 1, 9.900, ""),
+           (tr.PAUSE_CALL, -1, 10.000, ""), (tr.PAUSE_RETURN, -1, 10.030, ""),
+           (tr.RESUME_CALL, -1, 11.050, ""), (tr.RESUME_RETURN, -1, 11.052, "")]
+# Request 0: tokens at 9.980 and 9.990, one more at 10.008 (made before the engine froze),
+# then 11.070 after resume. Request 1: 9.985, 9.995, then 11.060, 11.075.
+KEEP_TOKENS = [(0, 9.980, 9.979), (1, 9.985, 9.984), (0, 9.990, 9.989), (1, 9.995, 9.994),
+               (0, 10.008, 10.006), (1, 11.060, 11.058), (0, 11.070, 11.069), (1, 11.075, 11.074)]
+FINISHED = [(tr.FINISH, 0, 11.080, "length"), (tr.FINISH, 1, 11.080, "length")]
+
+
+def keep_trace(tokens=KEEP_TOKENS, finished=FINISHED):
+    return frames(tokens, CONTROL + finished)
+
+
+def test_keep_trace_exact_values():
+    v = metrics.compute(*keep_trace(), SCENARIO)
+    assert v["pause_api_s"] == pytest.approx(0.030)
+    assert v["quiesce_s"] == pytest.approx(0.008)  # last token before the freeze, client clock
+    assert v["quiesce_engine_s"] == pytest.approx(0.006)
+    assert v["leak_tokens"] == 0
+    assert v["hold_actual_s"] == pytest.approx(1.020)
+    assert v["gap_s"] == pytest.approx(11.070 - 10.008)
+    # The gap beyond the hold that happened: pause cost + resume cost, not the overshoot.
+    assert v["gap_excess_s"] == pytest.approx((11.070 - 10.008) - 1.020)
+    assert v["resume_api_s"] == pytest.approx(0.002)
+    assert v["resume_ttft_s"] == pytest.approx(0.010)  # request 1 at 11.060
+    assert v["resume_all_s"] == pytest.approx(0.020)  # request 0 at 11.070 is the last back
+    assert v["resume_engine_s"] == pytest.approx(0.008)
+    assert v["tokens_received"] == v["tokens_expected"] == 8
+    assert v["ok"] and not v["missed"] and v["held_requests"] == 0
+    assert json.loads(v["finish_reasons"]) == {"length": 2}
+
+
+def test_gap_excess_ignores_sleep_overshoot():
+    """The same engine behaviour with a hold that overshot by 20 ms more gives the same
+    gap_excess_s: only the pause and resume costs count."""
+    shift = 0.020
+    control = [(n, r, t + shift if n in (tr.RESUME_CALL, tr.RESUME_RETURN) else t, d) for n, r, t, d in CONTROL]
+    tokens = [(r, t + shift if t > 11 else t, e + shift if e > 11 else e) for r, t, e in KEEP_TOKENS]
+    finished = [(n, r, t + shift, d) for n, r, t, d in FINISHED]
+    late = metrics.compute(*frames(tokens, control + finished), SCENARIO)
+    base = metrics.compute(*keep_trace(), SCENARIO)
+    assert late["gap_excess_s"] == pytest.approx(base["gap_excess_s"])
+    assert late["hold_actual_s"] == pytest.approx(base["hold_actual_s"] + shift)
+
+
+def test_engine_clock_metrics_pick_tokens_by_the_engine_clock():
+    # A token made by the engine before the pause call (engine 9.999) reaches the client
+    # during the pause call (10.004): on the engine's clock the engine made nothing after
+    # the call, so quiesce_engine_s is 0, never negative.
+    tokens = [(0, 9.980, 9.979), (1, 9.985, 9.984), (0, 9.990, 9.989), (1, 10.004, 9.999),
+              (0, 10.008, 9.9995), (1, 11.060, 11.058), (0, 11.070, 11.069), (1, 11.075, 11.074)]
+    v = metrics.compute(*keep_trace(tokens), SCENARIO)
+    assert v["quiesce_engine_s"] == 0.0
+    assert v["quiesce_s"] == pytest.approx(0.008)
+    # A token the engine made after the resume call but that the client saw first is the
+    # engine's first after resume, whatever order they reached the client in.
+    tokens = [*KEEP_TOKENS[:5], (1, 11.060, 11.061), (0, 11.070, 11.055), (1, 11.075, 11.074)]
+    assert metrics.compute(*keep_trace(tokens), SCENARIO)["resume_engine_s"] == pytest.approx(0.005)
+
+
+def test_a_request_that_ran_through_the_pause_is_a_leak_not_a_missed_pause():
+    # The engine ignored the pause: request 0 goes on at 10.040 and 10.050 and finishes
+    # by length before the resume. That must be a leak and not ok, never "missed".
+    tokens = [(0, 9.980, 9.979), (1, 9.985, 9.984), (0, 9.990, 9.989), (1, 9.995, 9.994),
+              (0, 10.040, 10.039), (1, 10.045, 10.044), (0, 10.050, 10.049), (1, 10.055, 10.054)]
+    finished = [(tr.FINISH, 0, 10.051, "length"), (tr.FINISH, 1, 10.056, "length")]
+    v = metrics.compute(*keep_trace(tokens, finished), SCENARIO)
+    assert v["leak_tokens"] == 4
+    assert not v["missed"] and not v["ok"]
+
+
+def test_a_request_already_done_when_the_pause_came_is_missed():
+    # Every token arrived before the pause call: the pause had nothing to stop.
+    tokens = [(0, 9.980, NAN), (1, 9.985, NAN), (0, 9.990, NAN), (1, 9.992, NAN), (0, 9.994, NAN),
+              (1, 9.996, NAN), (0, 9.997, NAN), (1, 9.998, NAN)]
+    finished = [(tr.FINISH, 0, 9.9975, "length"), (tr.FINISH, 1, 9.999, "length")]
+    v = metrics.compute(*keep_trace(tokens, finished), SCENARIO)
+    assert v["missed"] and v["leak_tokens"] == 0
+    assert math.isnan(v["quiesce_engine_s"]) and math.isnan(v["resume_engine_s"])  # HTTP: no engine clock
+
+
+def test_abort_contract_exact():
+    tokens = KEEP_TOKENS[:5]
+    finished = [(tr.FINISH, 0, 10.020, "abort"), (tr.FINISH, 1, 10.021, "abort")]
+    v = metrics.compute(*keep_trace(tokens, finished), {**SCENARIO, "mode": "abort"})
+    assert v["ok"] and v["leak_tokens"] == 0 and math.isnan(v["gap_s"]) and math.isnan(v["resume_all_s"])
+    # One request that ends by length while the other was aborted breaks abort.
+    finished = [(tr.FINISH, 0, 10.020, "abort"), (tr.FINISH, 1, 11.080, "length")]
+    assert not metrics.compute(*keep_trace(KEEP_TOKENS, finished), {**SCENARIO, "mode": "abort"})["ok"]
