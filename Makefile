@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.bench-pause-setup
-OUT    ?= results/quick-$(shell date -u +%Y%m%dT%H%M%SZ)
+OUT    ?= results/bench-$(shell date -u +%Y%m%dT%H%M%SZ)
 PROFILE ?= auto
 
 .PHONY: setup bench test test-fast asv clean
