@@ -139,8 +139,8 @@ async def run(p: Plan, progress: Progress | None = None) -> Outcome:
         "engine_args": list(p.engine.args) if p.engine else None,
         "engine": p.engine.summary() if p.engine else None,
         "pause_api": vllm_compat.pause_api() if p.engine else None,
-        "metrics_version": metrics.VERSION, "seed": cfg.seed, "profile": cfg.profile, "grid": cfg.grid.__dict__, "url": cfg.url,
-        "timeouts": cfg.timeouts.__dict__, "skipped": p.skipped,
+        "metrics_version": metrics.VERSION, "seed": cfg.seed, "profile": cfg.profile,
+        "grid": cfg.grid.__dict__, "url": cfg.url, "timeouts": cfg.timeouts.__dict__, "skipped": p.skipped,
     })
     info.setdefault("runs", []).append({"started": meta.now(), "cells": p.total, "resume": cfg.resume})
     meta_path = Path(cfg.out) / META
