@@ -104,7 +104,8 @@ class RunDir:
         parts = self.path / PARTS
         parts.mkdir(parents=True, exist_ok=True)
         for name, df in ((TOKENS, m.tokens), (EVENTS, m.events)):
-            _atomic(parts / f"{mid:07d}.{name}", lambda tmp, df=df: df.assign(measurement=mid).to_parquet(tmp, index=False))
+            part = df.assign(measurement=mid)
+            _atomic(parts / f"{mid:07d}.{name}", lambda tmp, part=part: part.to_parquet(tmp, index=False))
         row = {"measurement": mid, **m.scenario.as_dict(), **extra, **m.metrics}
         self.runs = pd.concat([self.runs, pd.DataFrame([row])], ignore_index=True)
         _atomic(self.path / RUNS, lambda tmp: self.runs.to_parquet(tmp, index=False))
