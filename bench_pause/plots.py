@@ -245,7 +245,7 @@ def stalls(data: Runs, out: Path) -> list[Path]:
     start drawn hollow. A stall is a point far above its row; nothing is averaged."""
     runs = data.runs
     keep = runs[(runs["mode"] == "keep") & (runs["cycle"] == "pause") & (runs["arrivals"] == 0)
-                & ~runs["missed"].fillna(False).astype(bool) & runs["resume_all_s"].notna()]
+                & ~results.missed(runs) & runs["resume_all_s"].notna()]
     if not len(keep):
         return []
     facets = _facets(keep)

@@ -111,14 +111,12 @@ def _first_pauses(runs) -> list[str]:
                  f"{m.removesuffix('_s').replace('_', ' ')} (cell p50)" for m in summary.STALL_METRICS) + " |",
              "|" + "---|" * (5 + len(summary.STALL_METRICS))]
     for _, r in first.iterrows():
-        values = " | ".join(f"{_ms(r[m])} ({_ms(r[m + '_cell_p50'])})" for m in summary.STALL_METRICS)
+        values = " | ".join(f"{summary.fmt_ms(r[m])} ({summary.fmt_ms(r[m + '_cell_p50'])})"
+                            for m in summary.STALL_METRICS)
         lines.append(f"| {r['run']} | {r['engine']} | {r['backend']} | {r['mode']} | "
                      f"{'clear' if r['clear_cache'] else 'keep'} | {values} |")
     return lines + [""]
 
-
-def _ms(value: float) -> str:
-    return "-" if value != value else f"{value * 1e3:.1f}"
 
 
 def write(dirs: list[Path], out: Path, title: str = "bench-pause results", include: Path | None = None) -> Path:

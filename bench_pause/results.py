@@ -40,15 +40,20 @@ def read_meta(run_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def missed(runs: pd.DataFrame) -> pd.Series:
+    """Which pauses missed their request (metrics.missed); none in runs recorded before
+    the column existed."""
+    if "missed" not in runs:
+        return pd.Series(False, index=runs.index)
+    return runs["missed"].fillna(False).astype(bool)
+
+
 def measured(runs: pd.DataFrame) -> pd.DataFrame:
     """The pauses statistics count: warm-ups (the first pause after each engine start,
-    reported on its own) and missed pauses (metrics.missed) are kept on disk but left out."""
+    reported on its own) and missed pauses are kept on disk but left out."""
     if not len(runs):
         return runs
-    keep = ~runs["warmup"].astype(bool)
-    if "missed" in runs:
-        keep &= ~runs["missed"].fillna(False).astype(bool)
-    return runs[keep]
+    return runs[~runs["warmup"].astype(bool) & ~missed(runs)]
 
 
 def _with_new_axes(runs: pd.DataFrame) -> pd.DataFrame:

@@ -73,7 +73,7 @@ def cells(runs: pd.DataFrame) -> pd.DataFrame:
     out["preemptions_median"] = grouped["preemptions"].median() if "preemptions" in runs else float("nan")
     out = out.reset_index()
     found = stalls(runs)
-    counts = (found.drop_duplicates([*CELL, "measurement"]).groupby(CELL, dropna=False).size()
+    counts = (found.drop_duplicates([*CELL, "run", "measurement"]).groupby(CELL, dropna=False).size()
               if len(found) else pd.Series(dtype=int))
     out["stalls"] = [int(counts.get(tuple(r), 0)) for r in out[CELL].itertuples(index=False)]
     return out
@@ -98,14 +98,15 @@ def first_pauses(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _ms(value: float) -> str:
+def fmt_ms(value: float) -> str:
+    """Seconds as milliseconds with one decimal, "-" for NaN."""
     return "-" if pd.isna(value) else f"{value * 1000:.1f}"
 
 
 def _tail(r: object, metric: str) -> str:
     """'p50 / p90 / max' in ms."""
     values = [getattr(r, f"{metric}_{q}") for q in ("p50", "p90", "max")]
-    return "-" if all(pd.isna(v) for v in values) else " / ".join(_ms(v) for v in values)
+    return "-" if all(pd.isna(v) for v in values) else " / ".join(fmt_ms(v) for v in values)
 
 
 def rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
@@ -122,7 +123,7 @@ def rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             f"{r.ok}/{r.n}", str(r.stalls), _tail(r, "pause_api_s"), _tail(r, "quiesce_s"),
             f"{r.leak_tokens_max:.0f}", _tail(r, "gap_excess_s"), _tail(r, "resume_ttft_s"),
             _tail(r, "resume_all_s"), "-" if pd.isna(r.preemptions_median) else f"{r.preemptions_median:g}",
-            _ms(r.itl_median_s),
+            fmt_ms(r.itl_median_s),
         ])
     return header, body
 

@@ -7,7 +7,8 @@ benchmarks then read its measurements. The grid is a named profile, chosen with
 BENCH_PAUSE_PROFILE (default: auto, i.e. gpu on a GPU host and quick on a CPU); the
 models with BENCH_PAUSE_MODELS, comma-separated presets, directories or Hugging Face ids
 (default: ``default``, the host's default model); BENCH_PAUSE_RUN_ARGS adds options to
-every ``bench-pause run`` (for example ``--startup-timeout 240``). Combinations the host cannot run (dp larger than
+every ``bench-pause run`` (for example ``--startup-timeout 240``). Combinations the host
+cannot run (dp larger than
 its GPUs, or wait with clear_cache False, which the profiles leave out) have no
 measurements and are skipped.
 
@@ -38,18 +39,14 @@ except ImportError:  # not installed (a GPU box running from the checkout): use 
     from bench_pause import profiles, results
 
 PROFILE = os.environ.get("BENCH_PAUSE_PROFILE", "auto")
+if PROFILE == "auto":  # the grid the host suits, named, so the sweeps and the params agree
+    from bench_pause import vllm_compat
+    PROFILE = profiles.resolve(PROFILE, vllm_compat.on_gpu())
 MODELS = [m.strip() for m in os.environ.get("BENCH_PAUSE_MODELS", "default").split(",") if m.strip()]
 SWEEPS = Path(os.environ.get("BENCH_PAUSE_ASV_SWEEPS", ROOT / "results" / "asv-sweeps"))
 
 
-def _profile() -> str:
-    if PROFILE != "auto":
-        return PROFILE
-    from bench_pause import vllm_compat
-    return profiles.resolve(PROFILE, vllm_compat.on_gpu())
-
-
-GRID = profiles.get(_profile())
+GRID = profiles.get(PROFILE)
 
 
 def sweep(backend: str) -> pd.DataFrame:
@@ -58,8 +55,8 @@ def sweep(backend: str) -> pd.DataFrame:
     frames = []
     for model in MODELS:
         name = Path(model).name if model != "default" else "default"
-        out = SWEEPS / f"{_profile()}-{backend}-{name}-{time.strftime('%Y%m%dT%H%M%S')}"
-        cmd = [sys.executable, "-m", "bench_pause", "run", "--profile", _profile(), "--backend", backend,
+        out = SWEEPS / f"{PROFILE}-{backend}-{name}-{time.strftime('%Y%m%dT%H%M%S')}"
+        cmd = [sys.executable, "-m", "bench_pause", "run", "--profile", PROFILE, "--backend", backend,
                "--out", str(out)] + (["--model", model] if model != "default" else [])
         cmd += shlex.split(os.environ.get("BENCH_PAUSE_RUN_ARGS", ""))
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
