@@ -61,7 +61,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine-args", action="append", default=[], metavar="FLAGS",
                    help="vLLM engine flags as `vllm serve` takes them, e.g. --engine-args --enforce-eager or "
                         "--engine-args '--max-model-len 2048 --enforce-eager'; may be repeated")
-    p.add_argument("--url", help="measure this running server (http backend) instead of launching one")
+    p.add_argument("--url", nargs="+", action="extend", dest="urls", default=[], metavar="URL",
+                   help="measure running server(s) (http backend) instead of launching one; with several, "
+                        "each pause and resume goes to all of them at once, as a framework with one server "
+                        "per node does")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: results/run-<time>)")
     p.add_argument("--seed", type=int, default=0, help="seed of the cell order and prompts")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -147,14 +150,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume and args.out is None:
         raise ScenarioError("--resume needs the --out of the run to continue")
     cfg = sweep.SweepConfig(
-        grid=_grid(args), out=out, model=args.model, engine_args=args.engine_args, url=args.url,
+        grid=_grid(args), out=out, model=args.model, engine_args=args.engine_args, urls=args.urls,
         seed=args.seed, resume=args.resume, fail_fast=args.fail_fast, profile=args.profile,
         timeouts=Timeouts(startup=args.startup_timeout, pause=args.pause_timeout,
                           resume=args.pause_timeout, stream=args.stream_timeout))
     progress = RichProgress()
     plan = sweep.plan(cfg, say=progress.say)
-    if cfg.url:
-        asyncio.run(_check_url(cfg))
+    if cfg.urls:
+        asyncio.run(_check_urls(cfg))
     for line in plan.skipped:
         progress.say(line)
     code = _run_async(sweep.run(plan, progress), progress)
@@ -169,15 +172,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
-async def _check_url(cfg) -> None:
+async def _check_urls(cfg) -> None:
     """A --url that does not answer, or lacks the pause API, fails before the sweep."""
     from bench_pause.backends.base import Timeouts
     from bench_pause.backends.http import HttpSession
-    session = HttpSession(None, 1, Timeouts(startup=5), cfg.out, url=cfg.url)
-    try:
-        await session.start()
-    finally:
-        await session.close()
+    for url in cfg.urls:
+        session = HttpSession(None, 1, Timeouts(startup=5), cfg.out, url=url)
+        try:
+            await session.start()
+        finally:
+            await session.close()
 
 
 def _run_async(coro, progress) -> int:

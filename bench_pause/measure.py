@@ -27,19 +27,27 @@ def prompts(n: int, rng: random.Random, words: int = 24) -> list[str]:
 
 
 async def _until_pause_point(reached: asyncio.Event, tasks: list[asyncio.Task], timeout: float) -> None:
+    """Until the first request (``tasks[0]``) has its pause-point token. Another request may
+    finish first (with several servers, one can be served faster): only a failed stream or
+    the first request ending early stop the wait."""
     waiter = asyncio.create_task(reached.wait())
+    deadline = asyncio.get_running_loop().time() + timeout
+    pending = {waiter, *tasks}
     try:
-        done, _ = await asyncio.wait({waiter, *tasks}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        while not reached.is_set():
+            left = deadline - asyncio.get_running_loop().time()
+            done, pending = await asyncio.wait(pending, timeout=max(left, 0), return_when=asyncio.FIRST_COMPLETED)
+            if reached.is_set():
+                return
+            if not done:
+                raise asyncio.TimeoutError()
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()
+            if tasks[0].done():
+                raise RuntimeError("the first request ended before the pause point")
     finally:
         waiter.cancel()
-    if reached.is_set():
-        return
-    if not done:
-        raise asyncio.TimeoutError()
-    for task in done:
-        if task is not waiter and task.exception() is not None:
-            raise task.exception()
-    raise RuntimeError("a stream ended before the pause point")
 
 
 async def _until_admitted(session: Session, tasks: list[asyncio.Task], timeout: float) -> None:
@@ -128,7 +136,7 @@ async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: rando
 
     def submit(requests: range) -> list[asyncio.Task]:
         return [asyncio.create_task(session.stream(i, texts[i], sc.max_tokens, trace, on_count,
-                                                   rank=i % sc.dp_size if sc.dp_size > 1 else None))
+                                                   rank=sc.route(i)[1] if sc.dp_size > 1 else None))
                 for i in requests]
 
     originals = range(sc.concurrency)

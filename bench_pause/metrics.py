@@ -50,9 +50,16 @@ Definitions (client clock unless the name says ``engine``):
 - ``second_call_s``: the duplicate call of an edge cycle (a pause while a pause is in
   progress, or a resume while not paused), call to return.
 - ``quiesce_worst_s``, ``resume_ttft_worst_s`` and ``per_rank`` (JSON): with data
-  parallelism, request ``i`` is routed to rank ``i % dp_size``; per rank, the quiesce,
-  the first token after resume and the preemptions. The worst rank is what a trainer
-  waiting on every rank sees.
+  parallelism, request ``i`` is routed to rank ``i % dp_size`` (with several servers, see
+  :func:`bench_pause.scenario.route`; ranks are numbered server by server); per rank, the
+  quiesce, the first token after resume and the preemptions. The worst rank is what a
+  trainer waiting on every rank sees.
+- ``per_server`` (JSON), ``pause_spread_s``, ``worst_server``: with several servers paused
+  together (``servers`` > 1), each server's pause and resume call to return, quiesce and
+  first token after resume (its worst rank); the slowest server's pause minus the fastest's
+  (what the trainer waits beyond the fastest), and which server was slowest. ``pause_api_s``
+  is then the framework's view: the calls to every server, issued together, until the last
+  returned. NaN / -1 with one server.
 - ``itl_median_s``, ``itl_max_s``: the first request's per-token latency outside the
   pause, to tell a pause effect from a background stall.
 - ``held_requests``: requests that got no token before the resume call and were served
@@ -80,11 +87,13 @@ import numpy as np
 import pandas as pd
 
 from bench_pause import trace as tr
+from bench_pause.scenario import route
 
 # Bumped when a definition changes; meta.json records it (`bench-pause recompute` updates
 # it with the metrics). 2: gap_excess_s against the hold that happened, engine-clock
-# metrics selected by the engine's clock, a leak never counted as missed.
-VERSION = 2
+# metrics selected by the engine's clock, a leak never counted as missed. 3: several
+# servers paused together (per_server, pause_spread_s, worst_server).
+VERSION = 3
 
 # The metrics a benchmark tracks, with their units: what summaries, plots and asv show.
 HEADLINE = {
@@ -142,24 +151,52 @@ def _last_comeback(tokens: pd.DataFrame, requests: Iterable[int], t0: float) -> 
     return max(firsts) if firsts and not any(math.isnan(f) for f in firsts) else math.nan
 
 
-def _per_rank(tokens: pd.DataFrame, requests: range, dp_size: int, preempted: dict[str, float],
+def _per_rank(tokens: pd.DataFrame, requests: range, servers: int, dp_size: int, preempted: dict[str, float],
               pause_call: float, pause_ret: float, resume_call: float) -> dict[str, dict]:
+    """Per data-parallel rank, numbered ``server * dp_size + rank``."""
     out = {}
-    for rank in range(dp_size):
-        mine = tokens[tokens["request"].isin([r for r in requests if r % dp_size == rank])]
-        window = mine.loc[(mine["t"] >= pause_call) & (mine["t"] <= pause_ret), "t"]
-        out[str(rank)] = {
-            "requests": sum(1 for r in requests if r % dp_size == rank),
-            "quiesce_s": float(window.max() - pause_call) if len(window) else 0.0,
-            "resume_ttft_s": _first_after(mine, resume_call),
-            "preemptions": preempted.get(str(rank), math.nan) if preempted else math.nan,
-        }
+    for server in range(servers):
+        for rank in range(dp_size):
+            key = str(server * dp_size + rank)
+            ids = [r for r in requests if route(r, servers, dp_size) == (server, rank)]
+            mine = tokens[tokens["request"].isin(ids)]
+            window = mine.loc[(mine["t"] >= pause_call) & (mine["t"] <= pause_ret), "t"]
+            out[key] = {
+                "server": server,
+                "requests": len(ids),
+                "quiesce_s": float(window.max() - pause_call) if len(window) else 0.0,
+                "resume_ttft_s": _first_after(mine, resume_call),
+                "preemptions": preempted.get(key, math.nan) if preempted else math.nan,
+            }
     return out
 
 
 def _worst(per_rank: dict[str, dict], key: str) -> float:
     values = [v[key] for v in per_rank.values() if v["requests"] and not math.isnan(v[key])]
     return max(values) if values else math.nan
+
+
+def _server_returns(events: pd.DataFrame, name: str, servers: int) -> list[float]:
+    """Each server's return time of a call sent to several servers at once (the event's
+    detail lists them, see backends.fleet); NaN for each where it is not recorded."""
+    hits = events.loc[events["event"] == name, "detail"]
+    try:
+        returns = json.loads(str(hits.iloc[0]))["returns"] if len(hits) else []
+    except (ValueError, KeyError, TypeError):
+        returns = []
+    return [float(t) for t in returns] if len(returns) == servers else [math.nan] * servers
+
+
+def _per_server(events: pd.DataFrame, per_rank: dict[str, dict], servers: int,
+                calls: tuple[float, float]) -> dict[str, dict]:
+    pauses = _server_returns(events, tr.PAUSE_RETURN, servers)
+    resumes = _server_returns(events, tr.RESUME_RETURN, servers)
+    out = {}
+    for k in range(servers):
+        ranks = {key: v for key, v in per_rank.items() if v["server"] == k}
+        out[str(k)] = {"pause_api_s": pauses[k] - calls[0], "resume_api_s": resumes[k] - calls[1],
+                       "quiesce_s": _worst(ranks, "quiesce_s"), "resume_ttft_s": _worst(ranks, "resume_ttft_s")}
+    return out
 
 
 def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error: str = "") -> dict:
@@ -171,6 +208,7 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
     mode, max_tokens = str(scenario["mode"]), int(scenario["max_tokens"])
     concurrency = int(scenario["concurrency"])
     dp_size, cycle = int(scenario.get("dp_size", 1)), str(scenario.get("cycle", "pause") or "pause")
+    servers = int(scenario.get("servers", 1) or 1)
     n_arrivals = int(scenario.get("arrivals", 0) or 0)
     originals, arrivals = range(concurrency), range(concurrency, concurrency + n_arrivals)
 
@@ -222,7 +260,12 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
         reprefill = float(sum(prompt_tokens.get(r, 0) + tokens.loc[(tokens["request"] == r) & (t <= pause_ret),
                                                                       "n_tokens"].sum() for r in in_flight))
 
-    per_rank = _per_rank(tokens, originals, dp_size, preempted, pause_call, pause_ret, resume_call)
+    per_rank = _per_rank(tokens, originals, servers, dp_size, preempted, pause_call, pause_ret, resume_call)
+    per_server = _per_server(events, per_rank, servers, (pause_call, resume_call)) if servers > 1 else {}
+    server_pauses = [v["pause_api_s"] for v in per_server.values()]
+    spread, worst_server = math.nan, -1
+    if server_pauses and not any(math.isnan(p) for p in server_pauses):
+        spread, worst_server = max(server_pauses) - min(server_pauses), int(np.argmax(server_pauses))
 
     received = int(tokens["n_tokens"].sum())
     expected = (concurrency + n_arrivals) * max_tokens
@@ -279,6 +322,9 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
         "quiesce_worst_s": _worst(per_rank, "quiesce_s"),
         "resume_ttft_worst_s": _worst(per_rank, "resume_ttft_s"),
         "per_rank": json.dumps(per_rank),
+        "per_server": json.dumps(per_server),
+        "pause_spread_s": spread,
+        "worst_server": worst_server,
         "itl_median_s": itl_median,
         "itl_max_s": itl_max,
         "held_requests": len(held),

@@ -1,4 +1,5 @@
-"""Figures of one or more run directories: timeline, time to pause, gap, clear_cache, stalls, leak.
+"""Figures of one or more run directories: timeline, time to pause, gap, clear_cache, stalls,
+first pause, per rank, dp size, leak.
 
 Every figure names the vLLM version, device, model and date in its footer, uses the same
 colour per mode, puts units on its axes, and is written as PNG and SVG.
@@ -6,6 +7,7 @@ colour per mode, puts units on its axes, and is written as PNG and SVG.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -136,8 +138,12 @@ def timeline(data: Runs, out: Path) -> list[Path]:
     return _save(fig, out, "timeline", data)
 
 
-def _facets(measured: pd.DataFrame) -> list[tuple[str, int]]:
-    return sorted({(b, int(d)) for b, d in zip(measured["backend"], measured["dp_size"])})
+def _facets(m: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """One facet per engine shape: backend, dp size and, where several servers were paused
+    together, their number; as (title, its rows)."""
+    keys = sorted({(b, int(d), int(n)) for b, d, n in zip(m["backend"], m["dp_size"], m["servers"])})
+    return [(f"{b}, dp {d}" + (f", {n} servers" if n > 1 else ""),
+             m[(m["backend"] == b) & (m["dp_size"] == d) & (m["servers"] == n)]) for b, d, n in keys]
 
 
 def _strip(ax: plt.Axes, groups: list[tuple[str, pd.Series]], colors: list[str], scale: float) -> None:
@@ -162,8 +168,7 @@ def _panels(m: pd.DataFrame, metrics: list[tuple[str, str]], groups: Groups,
     facets = _facets(m)
     fig, axes = plt.subplots(len(metrics), max(len(facets), 1), figsize=(4.8 * max(len(facets), 1), 3.7 * len(metrics)),
                              squeeze=False, sharey="row")
-    for col, (backend, dp) in enumerate(facets):
-        cell = m[(m["backend"] == backend) & (m["dp_size"] == dp)]
+    for col, (title, cell) in enumerate(facets):
         for row, (metric, ylabel) in enumerate(metrics):
             ax = axes[row][col]
             found = groups(cell, metric)
@@ -172,7 +177,7 @@ def _panels(m: pd.DataFrame, metrics: list[tuple[str, str]], groups: Groups,
             if reference_itl and not np.isnan(itl):
                 ax.axhline(itl, color="#888888", ls="--", lw=1, label=f"one decode step ({itl:.1f} ms)")
                 ax.legend(fontsize=8, loc="upper left")
-            ax.set_title(f"{backend}, dp {dp}: {metric.removesuffix('_s').replace('_', ' ')}", fontsize=10)
+            ax.set_title(f"{title}: {metric.removesuffix('_s').replace('_', ' ')}", fontsize=10)
             ax.set_ylabel(ylabel)
             ax.grid(axis="y", alpha=0.3)
             if log:  # wait drains whole requests: hundreds of ms beside keep's tens
@@ -253,8 +258,7 @@ def stalls(data: Runs, out: Path) -> list[Path]:
     colors = {True: MODE_COLORS["keep"], False: "#ff7f0e"}
     found = summary.stalls(runs)
     stalled = set(zip(found.get("run", []), found.get("measurement", [])))
-    for ax, (backend, dp) in zip(axes[0], facets):
-        cell = keep[(keep["backend"] == backend) & (keep["dp_size"] == dp)]
+    for ax, (title, cell) in zip(axes[0], facets):
         for (run, cc), g in cell.groupby(["run", "clear_cache"]):
             order = g.sort_values(["engine", "pause_index"])
             x = np.arange(len(order))
@@ -269,7 +273,7 @@ def stalls(data: Runs, out: Path) -> list[Path]:
             ax.scatter(x[hit], y[hit], marker="x", color="red", s=50, zorder=4,
                        label="stall" if hit.any() else None)
         ax.set_yscale("log")
-        ax.set_title(f"{backend}, dp {dp}: keep pauses in engine order", fontsize=10)
+        ax.set_title(f"{title}: keep pauses in engine order", fontsize=10)
         ax.set_xlabel("nth keep pause of its run and clear_cache value")
         ax.set_ylabel("resume call to every request's next token (ms, log)")
         ax.grid(axis="y", alpha=0.3, which="both")
@@ -282,18 +286,112 @@ def stalls(data: Runs, out: Path) -> list[Path]:
     return _save(fig, out, "stalls", data)
 
 
+def _per_rank_rows(m: pd.DataFrame) -> pd.DataFrame:
+    """One row per (pause, rank) from the per_rank JSON of each pause."""
+    rows = [{"rank": int(rank), **{k: v[k] for k in ("quiesce_s", "resume_ttft_s")}}
+            for per_rank in m["per_rank"] for rank, v in json.loads(per_rank or "{}").items() if v["requests"]]
+    return pd.DataFrame(rows, columns=["rank", "quiesce_s", "resume_ttft_s"])
+
+
+def ranks(data: Runs, out: Path) -> list[Path]:
+    """Keep pauses (clear_cache=True) of data-parallel engines and server fleets, per rank:
+    how long each rank kept producing after the pause call and how long it took to get a
+    token after the resume. A trainer waits for the slowest rank. Nothing is drawn when
+    every engine had one rank."""
+    m = data.plain
+    m = m[(m["mode"] == "keep") & ((m["dp_size"] > 1) | (m["servers"] > 1))]
+    if not len(m):
+        return []
+    facets = _facets(m)
+    fig, axes = plt.subplots(2, len(facets), figsize=(4.8 * len(facets), 7.4), squeeze=False, sharey="row")
+    for col, (title, cell) in enumerate(facets):
+        per_rank = _per_rank_rows(cell)
+        ranks_seen = sorted(per_rank["rank"].unique())
+        for row, (metric, ylabel) in enumerate((("quiesce_s", "pause call to the rank's last token (ms)"),
+                                                ("resume_ttft_s", "resume call to the rank's first token (ms)"))):
+            ax = axes[row][col]
+            _strip(ax, [(f"rank {r}", per_rank.loc[per_rank["rank"] == r, metric]) for r in ranks_seen],
+                   [MODE_COLORS["keep"]] * len(ranks_seen), 1e3)
+            ax.set_title(f"{title}: {metric.removesuffix('_s').replace('_', ' ')} per rank", fontsize=10)
+            ax.set_ylabel(ylabel)
+            ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Keep pauses per data-parallel rank (ranks numbered server by server)")
+    fig.tight_layout()
+    return _save(fig, out, "ranks", data)
+
+
+def first_pause(data: Runs, out: Path) -> list[Path]:
+    """The first pause after each engine start (its warm-up, left out of every statistic)
+    beside the later pauses of the same mode and clear_cache value: a trainer pays it once
+    per engine start, and on MoE engines it has been the slow one."""
+    runs = data.runs[(data.runs["cycle"] == "pause") & (data.runs["arrivals"] == 0) & ~results.missed(data.runs)]
+    firsts = runs[runs["warmup"].astype(bool)]
+    if not len(firsts):
+        return []
+    later = runs[~runs["warmup"].astype(bool)]
+
+    def by_first_and_mode(cell: pd.DataFrame, metric: str) -> list[tuple[str, pd.Series, str]]:
+        out = []
+        for mode, cc in sorted(set(zip(cell["mode"], cell["clear_cache"].astype(bool)))):
+            same = cell[(cell["mode"] == mode) & (cell["clear_cache"] == cc)]
+            if not same["warmup"].astype(bool).any():
+                continue
+            tag = f"{mode}{'' if cc else ' keepcache'}"
+            out += [(f"{tag}: first", same.loc[same["warmup"].astype(bool), metric], "#d62728"),
+                    (f"{tag}: later", same.loc[~same["warmup"].astype(bool), metric], MODE_COLORS[mode])]
+        return out
+
+    both = pd.concat([firsts, later[later.set_index(["run", "mode", "clear_cache"]).index.isin(
+        firsts.set_index(["run", "mode", "clear_cache"]).index)]])
+    fig = _panels(both, [("pause_api_s", "pause call to return (ms)"),
+                         ("resume_all_s", "resume call to every request's next token (ms)")],
+                  by_first_and_mode, log=True)
+    fig.suptitle("First pause after each engine start (red) against the later pauses of its mode")
+    fig.tight_layout()
+    return _save(fig, out, "first_pause", data)
+
+
+def dp_size(data: Runs, out: Path) -> list[Path]:
+    """Keep pauses (clear_cache=True) by engine shape: dp size, and several servers paused
+    together, side by side per backend: what the coordinated pause costs as ranks are added.
+    Nothing is drawn for runs of one shape."""
+    m = data.plain
+    m = m[m["mode"] == "keep"]
+    shapes = sorted({(int(d), int(n)) for d, n in zip(m["dp_size"], m["servers"])})
+    if len(shapes) < 2:
+        return []
+    backends = sorted(m["backend"].unique())
+    metrics = (("pause_api_s", "pause call to return (ms)"),
+               ("resume_ttft_worst_s", "resume call to the slowest rank's first token (ms)"))
+    fig, axes = plt.subplots(len(metrics), len(backends), figsize=(5.5 * len(backends), 7.4), squeeze=False,
+                             sharey="row")
+    for col, backend in enumerate(backends):
+        cell = m[m["backend"] == backend]
+        for row, (metric, ylabel) in enumerate(metrics):
+            ax = axes[row][col]
+            groups = [(f"dp {d}" + (f" x {n} servers" if n > 1 else ""),
+                       cell.loc[(cell["dp_size"] == d) & (cell["servers"] == n), metric]) for d, n in shapes]
+            _strip(ax, groups, [MODE_COLORS["keep"]] * len(groups), 1e3)
+            ax.set_title(f"{backend}: {metric.removesuffix('_s').replace('_', ' ')}", fontsize=10)
+            ax.set_ylabel(ylabel)
+            ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Keep pauses by data-parallel size and number of servers")
+    fig.tight_layout()
+    return _save(fig, out, "dp_size", data)
+
+
 def leak(data: Runs, out: Path) -> list[Path]:
     """Tokens delivered while paused, by mode: zeros on a correct engine, loud otherwise."""
     m = data.measured
     facets = _facets(m)
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(facets) * len(MODES)), 4))
     labels, totals, colors, counts = [], [], [], []
-    for backend, dp in facets:
+    for title, facet in facets:
         for mode in MODES:
-            cell = m[(m["backend"] == backend) & (m["dp_size"] == dp) & (m["mode"] == mode)]
+            cell = facet[facet["mode"] == mode]
             if not len(cell):
                 continue
-            labels.append(f"{backend} dp{dp}\n{mode}")
+            labels.append(f"{title}\n{mode}")
             totals.append(int(cell["leak_tokens"].sum()))
             counts.append(f"{int((cell['leak_tokens'] > 0).sum())}/{len(cell)} pauses leaked")
             colors.append(MODE_COLORS[mode])
@@ -314,7 +412,7 @@ def leak(data: Runs, out: Path) -> list[Path]:
 
 
 FIGURES = {"timeline": timeline, "time_to_pause": time_to_pause, "gap": gap, "clear_cache": clear_cache,
-           "stalls": stalls, "leak": leak}
+           "stalls": stalls, "first_pause": first_pause, "ranks": ranks, "dp_size": dp_size, "leak": leak}
 
 
 def plot_all(dirs: list[Path], out: Path) -> dict[str, list[Path]]:

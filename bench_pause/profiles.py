@@ -25,6 +25,15 @@ PROFILES: dict[str, Grid] = {
     "gpu": Grid(backends=("offline", "http"), dp_sizes=(1,), modes=("keep", "abort", "wait"),
                 pause_points=("tokens:50",), max_tokens=(200,), concurrency=(8,), holds=(1.0,),
                 clear_cache=(True, False), repeats=5),
+    # Data parallelism on two GPUs: the gpu grid at dp 1 and 2, and on the dp 2 engines the
+    # edge cycles that deadlocked DP engines upstream (idle, double resume, double pause, and
+    # back to back: hold 0), keep and abort, twice each: 41 pauses per dp 2 engine.
+    "dp": Grid(backends=("offline", "http"), dp_sizes=(1, 2), modes=("keep", "abort", "wait"),
+               pause_points=("tokens:50",), max_tokens=(200,), concurrency=(8,), holds=(1.0,),
+               clear_cache=(True, False), repeats=5,
+               also=(Grid(backends=("offline", "http"), dp_sizes=(2,), modes=("keep", "abort"),
+                          pause_points=("tokens:50",), max_tokens=(200,), concurrency=(8,), holds=(0.0,),
+                          clear_cache=(True,), cycles=CYCLES, repeats=2),)),
     # Everything, edge cycles and requests arriving during the pause included: hours on a GPU.
     "full": Grid(backends=("offline", "http"), dp_sizes=(1, 2, 4), modes=("keep", "abort", "wait"),
                  pause_points=("prefill", "tokens:1", "tokens:16", "frac:0.25", "frac:0.5", "frac:0.9"),
@@ -45,5 +54,7 @@ def get(name: str) -> Grid:
 
 
 def with_overrides(grid: Grid, **axes: object) -> Grid:
-    """The grid with every axis the user gave on the command line replaced."""
-    return dataclasses.replace(grid, **{k: v for k, v in axes.items() if v is not None})
+    """The grid with every axis the user gave on the command line replaced, in the grids
+    measured beside it (``also``) too."""
+    given = {k: v for k, v in axes.items() if v is not None}
+    return dataclasses.replace(grid, **given, also=tuple(with_overrides(g, **given) for g in grid.also))

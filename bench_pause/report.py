@@ -25,6 +25,14 @@ CAPTIONS = {
     "stalls": "Every keep pause in the order its engine made it (the first after each engine start hollow): "
               "resume call to the moment every request has its next token, log scale. A stall is a point far "
               "above its row, marked with a red x.",
+    "first_pause": "The first pause after each engine start (red; the warm-up, left out of every table's "
+                   "statistics) beside the later pauses of the same mode and cache setting on the same runs: "
+                   "pause call to return (top) and resume call to every request's next token (bottom), log scale.",
+    "ranks": "Keep pauses (clear_cache=True) of data-parallel engines, per rank (numbered server by server "
+             "where several servers were paused together): pause call to the rank's last token (top) and "
+             "resume call to its first token (bottom). A trainer waits for the slowest rank.",
+    "dp_size": "Keep pauses (clear_cache=True) by data-parallel size and number of servers paused together: "
+               "pause call to return (top) and resume call to the slowest rank's first token (bottom).",
     "leak": "Tokens delivered between the pause's return and the resume call. A correct engine "
             "delivers none; a leak is drawn in red.",
 }
@@ -80,8 +88,19 @@ def _section(title: str, dirs: list[Path], out: Path) -> list[str]:
     for d in dirs:
         name = Path(d).name
         lines += [f"#### {name}", "", summary.markdown(summary.cells(data.runs[data.runs["run"] == name]))]
-    lines += _stalls(data.runs) + _first_pauses(data.runs)
+    lines += _stalls(data.runs) + _first_pauses(data.runs) + _ranks(data.runs)
     return lines
+
+
+def _ranks(runs) -> list[str]:
+    table = summary.ranks(runs)
+    if not len(table):
+        return []
+    return ["### Data parallel: the slowest rank and server", "",
+            "Per cell with several ranks or servers (times in ms, p50 / p90 / max over its pauses): the "
+            "worst rank's quiesce and first token after resume, which rank was slowest to resume how often, "
+            "and with several servers the slowest server's pause call minus the fastest's.", "",
+            summary.ranks_markdown(table)]
 
 
 def _stalls(runs) -> list[str]:

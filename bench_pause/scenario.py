@@ -90,6 +90,7 @@ class Scenario:
     clear_cache: bool
     arrivals: int = 0
     cycle: str = "pause"
+    servers: int = 1
     repeat: int = 0
 
     def __post_init__(self) -> None:
@@ -115,6 +116,8 @@ class Scenario:
             raise ScenarioError(f"arrivals during the pause must be >= 0, got {self.arrivals}")
         if self.cycle not in CYCLES:
             raise ScenarioError(f"unknown cycle {self.cycle!r}: choose from {', '.join(CYCLES)}")
+        if self.servers < 1 or (self.servers > 1 and self.backend != "http"):
+            raise ScenarioError(f"servers must be 1, or more with the http backend; got {self.servers}")
 
     @property
     def point(self) -> PausePoint:
@@ -122,8 +125,13 @@ class Scenario:
 
     @property
     def engine_key(self) -> tuple[str, int]:
-        """Scenarios with the same key run on one engine."""
+        """Scenarios with the same key run on one engine (or one set of servers)."""
         return (self.backend, self.dp_size)
+
+    def route(self, request: int) -> tuple[int, int]:
+        """(server, data-parallel rank) that request ``request`` is sent to: round robin
+        over the servers, then over each server's ranks, so every rank gets requests."""
+        return route(request, self.servers, self.dp_size)
 
     @property
     def cell_key(self) -> tuple:
@@ -143,7 +151,8 @@ class Scenario:
             f"{self.backend} dp{self.dp_size} {self.mode} @{self.pause_point} "
             f"max{self.max_tokens} c{self.concurrency} hold{self.hold_s:g}"
             f"{'' if self.clear_cache else ' keepcache'}{f' +{self.arrivals}' if self.arrivals else ''}"
-            f"{'' if self.cycle == 'pause' else ' ' + self.cycle} #{self.repeat}"
+            f"{'' if self.cycle == 'pause' else ' ' + self.cycle}"
+            f"{f' x{self.servers} servers' if self.servers > 1 else ''} #{self.repeat}"
         )
 
 
@@ -162,6 +171,10 @@ class Grid:
     arrivals: Sequence[int] = (0,)
     cycles: Sequence[str] = ("pause",)
     repeats: int = 3
+    # Further grids measured on the same engines: cells that are not a product of this
+    # grid's axes (the edge cycles at hold 0 beside the normal cycle, say) without paying
+    # another engine start for them.
+    also: Sequence["Grid"] = ()
 
     def scenarios(self) -> list[Scenario]:
         """Every combination, validated; raises ScenarioError on the first bad one.
@@ -177,7 +190,15 @@ class Grid:
             self.concurrency, self.holds, self.clear_cache, self.arrivals, self.cycles, range(self.repeats),
         )
         both = len(set(self.clear_cache)) > 1
-        return [Scenario(*combo) for combo in combos if not (both and combo[2] == "wait" and not combo[7])]
+        own = [Scenario(*combo[:-1], repeat=combo[-1])
+               for combo in combos if not (both and combo[2] == "wait" and not combo[7])]
+        return own + [sc for grid in self.also for sc in grid.scenarios() if sc not in own]
+
+
+def route(request: int, servers: int, dp_size: int) -> tuple[int, int]:
+    """Where request ``request`` goes: server ``request % servers``, and within it rank
+    ``(request // servers) % dp_size``. Metrics read the same routing back."""
+    return request % servers, (request // servers) % dp_size
 
 
 def group_by_engine(scenarios: Iterable[Scenario], seed: int) -> dict[tuple[str, int], list[Scenario]]:

@@ -7,6 +7,7 @@ averaged away.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -98,6 +99,51 @@ def first_pauses(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _slowest(per_rank: str, key: str) -> str:
+    """The rank with the largest ``key`` in one pause's per-rank JSON ('' when none)."""
+    ranks = {k: v[key] for k, v in json.loads(per_rank or "{}").items()
+             if v.get("requests") and v.get(key) is not None and not math.isnan(v[key])}
+    return max(ranks, key=ranks.get) if ranks else ""
+
+
+def ranks(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per cell with several ranks or servers: the worst rank's quiesce and first token after
+    resume (p50 / p90 / max), how often each rank was the slowest to resume, and with several
+    servers the spread between the slowest and fastest server's pause and which was slowest."""
+    m = measured(runs)
+    if not len(m):
+        return pd.DataFrame()
+    m = m[(m["dp_size"] > 1) | (m["servers"] > 1)]
+    rows = []
+    for key, cell in m.groupby(CELL, dropna=False, sort=True):
+        row = {**dict(zip(CELL, key)), "n": len(cell)}
+        for metric in ("quiesce_worst_s", "resume_ttft_worst_s", "pause_spread_s"):
+            values = cell[metric] if metric in cell else pd.Series(dtype=float)
+            row.update({f"{metric}_p50": values.median(), f"{metric}_p90": _p90(values),
+                        f"{metric}_max": values.max()})
+        slowest = pd.Series([_slowest(p, "resume_ttft_s") for p in cell["per_rank"]]).value_counts()
+        row["slowest_rank"] = ", ".join(f"{r}: {n}" for r, n in slowest.items() if r != "")
+        servers = cell["worst_server"] if "worst_server" in cell else pd.Series(dtype=float)
+        counts = servers[servers >= 0].astype(int).value_counts()
+        row["slowest_server"] = ", ".join(f"{s}: {n}" for s, n in counts.items())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ranks_markdown(table: pd.DataFrame) -> str:
+    header = ["backend", "dp", "servers", "mode", "cache", "cycle", "n", "worst-rank quiesce ms",
+              "worst-rank resume→tok ms", "slowest rank to resume (pauses)", "server pause spread ms",
+              "slowest server (pauses)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in table.itertuples(index=False):
+        lines.append("| " + " | ".join([
+            r.backend, str(r.dp_size), str(r.servers), r.mode, "clear" if r.clear_cache else "keep",
+            r.cycle if r.cycle != "pause" else "", str(r.n), _tail(r, "quiesce_worst_s"),
+            _tail(r, "resume_ttft_worst_s"), r.slowest_rank or "-", _tail(r, "pause_spread_s"),
+            r.slowest_server or "-"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def fmt_ms(value: float) -> str:
     """Seconds as milliseconds with one decimal, "-" for NaN."""
     return "-" if pd.isna(value) else f"{value * 1000:.1f}"
@@ -118,7 +164,7 @@ def rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     for r in table.itertuples(index=False):
         cycle = r.cycle if r.cycle != "pause" else ""
         body.append([
-            r.backend, str(r.dp_size), r.mode, r.pause_point, str(r.max_tokens), str(r.concurrency),
+            r.backend, str(r.dp_size) + (f" x{r.servers} srv" if r.servers > 1 else ""), r.mode, r.pause_point, str(r.max_tokens), str(r.concurrency),
             "clear" if r.clear_cache else "keep", cycle + (f" +{r.arrivals} arrive" if r.arrivals else ""),
             f"{r.ok}/{r.n}", str(r.stalls), _tail(r, "pause_api_s"), _tail(r, "quiesce_s"),
             f"{r.leak_tokens_max:.0f}", _tail(r, "gap_excess_s"), _tail(r, "resume_ttft_s"),

@@ -10,12 +10,15 @@ recorded against the cell that saw it and restarted (or the sweep stops, with
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import os
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlsplit
 
 from bench_pause import meta, metrics, results, vllm_compat
 from bench_pause.backends.base import Session, StartupFailed, Timeouts
@@ -36,7 +39,7 @@ class SweepConfig:
     out: Path
     model: str | None = None
     engine_args: list[str] = field(default_factory=list)
-    url: str | None = None
+    urls: list[str] = field(default_factory=list)
     seed: int = 0
     timeouts: Timeouts = field(default_factory=Timeouts)
     resume: bool = False
@@ -68,10 +71,19 @@ def plan(cfg: SweepConfig, say: Say = print) -> Plan:
     """Validate the sweep and work out what to run; raises ScenarioError/VllmError."""
     scenarios = cfg.grid.scenarios()
     _check_out_dir(cfg.out)
-    if cfg.url and len(set(cfg.grid.dp_sizes)) > 1 and "http" in cfg.grid.backends:
-        raise ScenarioError("with --url the server's data parallelism is fixed: give one --dp")
+    if cfg.urls:
+        if len(set(cfg.grid.dp_sizes)) > 1 and "http" in cfg.grid.backends:
+            raise ScenarioError("with --url the server's data parallelism is fixed: give one --dp")
+        if len(set(cfg.urls)) < len(cfg.urls):
+            raise ScenarioError("the same --url is given twice")
+        for url in cfg.urls:
+            warning = exposure_warning(url)
+            if warning:
+                say(f"[yellow]warning:[/yellow] {warning}")
+        scenarios = [dataclasses.replace(sc, servers=len(cfg.urls)) if sc.backend == "http" else sc
+                     for sc in scenarios]
     engine = None
-    if any(sc.backend == "offline" for sc in scenarios) or not cfg.url:
+    if any(sc.backend == "offline" for sc in scenarios) or not cfg.urls:
         api = vllm_compat.pause_api()
         vllm_compat.check_modes(api, list(cfg.grid.modes))
         gpu = vllm_compat.on_gpu()
@@ -98,13 +110,32 @@ def plan(cfg: SweepConfig, say: Say = print) -> Plan:
     return Plan(cfg, engine, group_by_engine(todo, cfg.seed), len(todo), skipped)
 
 
+def exposure_warning(url: str) -> str:
+    """Why measuring ``url`` is a risk, or '' for a loopback server. A dev-mode server runs
+    code sent to it (/collective_rpc, weight updates): it must not be reachable from a network."""
+    host = urlsplit(url).hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return ""
+    return (f"{url} is not a loopback address: a server with VLLM_SERVER_DEV_MODE=1 runs code sent to "
+            "/collective_rpc and its weight-update routes for anyone who reaches it; keep it on a "
+            "private network or tunnel it to 127.0.0.1")
+
+
 def _session(p: Plan, backend: str, dp_size: int) -> Session:
     cfg = p.config
     if backend == "offline":
         from bench_pause.backends.offline import OfflineSession
         return OfflineSession(p.engine, dp_size, cfg.timeouts)
+    if len(cfg.urls) > 1:
+        from bench_pause.backends.fleet import FleetSession
+        return FleetSession(cfg.urls, dp_size, cfg.timeouts, cfg.out)
     from bench_pause.backends.http import HttpSession
-    return HttpSession(p.engine if not cfg.url else None, dp_size, cfg.timeouts, cfg.out, url=cfg.url)
+    url = cfg.urls[0] if cfg.urls else None
+    return HttpSession(p.engine if not url else None, dp_size, cfg.timeouts, cfg.out, url=url)
 
 
 class Progress:
@@ -140,7 +171,7 @@ async def run(p: Plan, progress: Progress | None = None) -> Outcome:
         "engine": p.engine.summary() if p.engine else None,
         "pause_api": vllm_compat.pause_api() if p.engine else None,
         "metrics_version": metrics.VERSION, "seed": cfg.seed, "profile": cfg.profile,
-        "grid": cfg.grid.__dict__, "url": cfg.url, "timeouts": cfg.timeouts.__dict__, "skipped": p.skipped,
+        "grid": dataclasses.asdict(cfg.grid), "urls": cfg.urls, "timeouts": cfg.timeouts.__dict__, "skipped": p.skipped,
     })
     info.setdefault("runs", []).append({"started": meta.now(), "cells": p.total, "resume": cfg.resume})
     meta_path = Path(cfg.out) / META

@@ -8,6 +8,12 @@
 #   bash tools/gpu-session.sh asv Http        #   model in $MODELS, sweeps kept under results/
 #   bash tools/gpu-session.sh stall           # the MoE resume stall: keep, clear_cache both
 #                                             #   ways, 8 repeats, CUDA graphs and eager
+#   bash tools/gpu-session.sh dp2 MODEL       # two GPUs: the dp profile at dp 2 (both backends,
+#                                             #   edge cycles included) for one preset
+#   bash tools/gpu-session.sh dp1             # two GPUs: the gpu profile at dp 1, qwen3-8b on GPU 0
+#                                             #   and qwen3-30b-a3b on GPU 1 at the same time
+#   bash tools/gpu-session.sh fleet MODEL     # two GPUs: one dev-mode server per GPU, paused together
+#                                             #   (--url twice), the gpu profile over HTTP
 # Needs vLLM installed from a bundle (tools/vllm-bundle) and BENCH_PAUSE_COMMIT set to the
 # commit the working tree came from when it travels without .git.
 set -uo pipefail
@@ -54,6 +60,45 @@ case ${1:-info} in
         --startup-timeout 200 "${flags[@]}" --out "results/$MACHINE-v$VLLM_VERSION-moe-stall-$execution" 2>&1 | tail -25
     done
     pack stall results/$MACHINE-v$VLLM_VERSION-moe-stall-*
+    ;;
+  dp2)
+    model=${2:?dp2 MODEL}
+    timeout "$LIMIT_S" python3 -m bench_pause run --profile dp --dp 2 --model "$model" --startup-timeout 240 \
+      --out "results/$MACHINE-v$VLLM_VERSION-dp2-$model" 2>&1 | tail -70
+    pack "dp2-$model" "results/$MACHINE-v$VLLM_VERSION-dp2-$model"
+    ;;
+  dp1)
+    i=0
+    for model in ${DP1_MODELS:-qwen3-8b qwen3-30b-a3b}; do
+      CUDA_VISIBLE_DEVICES=$i timeout "$LIMIT_S" python3 -m bench_pause run --profile gpu --dp 1 --model "$model" \
+        --startup-timeout 240 --out "results/$MACHINE-v$VLLM_VERSION-dp1-$model" >"/tmp/dp1-$model.log" 2>&1 &
+      i=$((i + 1))
+    done
+    wait
+    tail -n 45 /tmp/dp1-*.log
+    pack dp1 results/$MACHINE-v$VLLM_VERSION-dp1-*
+    ;;
+  fleet)
+    model=${2:?fleet MODEL}
+    python3 -m bench_pause make-model --preset "$model" --out "/tmp/$model"
+    pids=(); urls=()
+    for gpu in 0 1; do
+      port=$((8100 + gpu)); urls+=("http://127.0.0.1:$port")
+      CUDA_VISIBLE_DEVICES=$gpu VLLM_SERVER_DEV_MODE=1 setsid python3 -m vllm.entrypoints.openai.api_server \
+        --host 127.0.0.1 --port $port --model "/tmp/$model" --load-format dummy --seed 0 \
+        >"/tmp/server-$gpu.log" 2>&1 &
+      pids+=($!)
+    done
+    for url in "${urls[@]}"; do  # start-up is bounded: 300 s for both
+      for _ in $(seq 300); do curl -sf "$url/health" >/dev/null && break; sleep 1; done
+    done
+    out="results/$MACHINE-v$VLLM_VERSION-fleet2-$model"
+    timeout $((LIMIT_S - 120)) python3 -m bench_pause run --profile gpu --backend http --url "${urls[@]}" \
+      --out "$out" 2>&1 | tail -40
+    for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done
+    sleep 5; for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null; done
+    mkdir -p "$out"; cp /tmp/server-*.log "$out/" 2>/dev/null
+    pack "fleet-$model" "$out"
     ;;
   *) echo "unknown step $1" >&2; exit 2;;
 esac
