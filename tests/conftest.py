@@ -72,6 +72,16 @@ def http_session(loop, engine_config, tmp_path_factory):
     loop.run_until_complete(session.close())
 
 
+@pytest.fixture(scope="session")
+def second_http_session(loop, engine_config, tmp_path_factory):
+    """Another server of the same model: the fleet test pauses both at once."""
+    from bench_pause.backends.http import HttpSession
+    log_dir = tmp_path_factory.mktemp("server-log-2")
+    session = _shared(loop, HttpSession(engine_config, 1, Timeouts(startup=300), log_dir))
+    yield session
+    loop.run_until_complete(session.close())
+
+
 @pytest.fixture
 def measure_on(loop):
     """measure_on(session, scenario) -> Measurement, on the shared loop; like the sweep,

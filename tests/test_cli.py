@@ -131,3 +131,14 @@ def test_resume_refuses_a_run_made_with_another_vllm(tmp_path):
     (out / "meta.json").write_text(json.dumps({"vllm_version": "0.0.1"}))
     r = bench_pause("run", "--resume", "--out", str(out))
     one_line_error(r, "measured with vLLM 0.0.1")
+
+
+@pytest.mark.parametrize("url,risky", [("http://127.0.0.1:8000", False), ("http://localhost:8000", False),
+                                       ("http://[::1]:8000", False), ("http://10.0.0.5:8000", True),
+                                       ("http://gpu-node-3:8000", True), ("http://0.0.0.0:8000", True)])
+def test_a_url_off_loopback_is_warned_about(url, risky):
+    from bench_pause.sweep import exposure_warning
+    warning = exposure_warning(url)
+    assert bool(warning) == risky
+    if risky:
+        assert "/collective_rpc" in warning and url in warning

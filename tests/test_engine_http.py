@@ -5,12 +5,14 @@ A server that dies mid-sweep is tested with the other faults in test_faults.py.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 
+import psutil
 import pytest
 
-from bench_pause import results
+from bench_pause import procs, results
 from bench_pause.scenario import Scenario
 
 from .conftest import bench_pause
@@ -99,3 +101,36 @@ def test_arrivals_and_edge_cycles_over_http(http_session, measure_on):
     for cycle in ("idle", "double_resume", "double_pause"):
         v = measure_on(http_session, scenario("keep", concurrency=2, cycle=cycle)).metrics
         assert v["ok"] and v["error"] == "", (cycle, v)
+
+
+def test_a_server_the_suite_starts_listens_on_loopback_only(http_session):
+    """Dev mode serves /collective_rpc and weight updates: nothing off this host may reach it."""
+    pids = {http_session.proc.pid} | procs.descendants(http_session.proc.pid)
+    listening = [c.laddr for pid in pids for c in psutil.Process(pid).net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN]
+    port = int(http_session.url.rsplit(":", 1)[1])
+    assert port in {a.port for a in listening}
+    assert all(ipaddress.ip_address(a.ip).is_loopback for a in listening), listening
+
+
+def test_two_servers_are_paused_and_resumed_together(http_session, second_http_session, tmp_path):
+    out = tmp_path / "fleet"
+    urls = [http_session.url, second_http_session.url]
+    r = bench_pause("run", "--backend", "http", "--url", *urls, "--mode", "keep", "--concurrency", "2",
+                    "--max-tokens", str(MAX_TOKENS), "--repeats", "2", "--hold", "0.2", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs, _, events, meta = results.load(out)
+    measured = results.measured(runs)
+    assert len(measured) == 2 and measured["ok"].all() and (measured["servers"] == 2).all()
+    assert meta["engines"][0]["urls"] == urls
+    for row in measured.itertuples():
+        per_server = json.loads(row.per_server)
+        assert set(per_server) == {"0", "1"}
+        # The framework's pause ends with the slower server's.
+        assert row.pause_api_s == pytest.approx(max(s["pause_api_s"] for s in per_server.values()), abs=2e-3)
+        assert all(s["resume_api_s"] > 0 for s in per_server.values())
+        # Request i went to server i % 2: each server's rank served one request.
+        assert [r["requests"] for r in json.loads(row.per_rank).values()] == [1, 1]
+    answers = [json.loads(d)["answers"] for d in events.loc[events["event"] == "pause_return", "detail"]]
+    assert all(len(a) == 2 and all(x.startswith("200") for x in a) for a in answers)
+    assert http_session.alive() and second_http_session.alive()

@@ -121,3 +121,32 @@ def test_abort_contract_exact():
     # One request that ends by length while the other was aborted breaks abort.
     finished = [(tr.FINISH, 0, 10.020, "abort"), (tr.FINISH, 1, 11.080, "length")]
     assert not metrics.compute(*keep_trace(KEEP_TOKENS, finished), {**SCENARIO, "mode": "abort"})["ok"]
+
+
+def test_two_servers_paused_together_name_the_slowest():
+    """The same keep trace as two servers, one request each (request i on server i % 2): the
+    pause's detail lists each server's return (10.012 and 10.030), the framework's pause is
+    the later one, and request 1's server resumed first."""
+    pause = json.dumps({"returns": [10.012, 10.030], "answers": ["200", "200"]})
+    resume = json.dumps({"returns": [11.052, 11.051], "answers": ["200", "200"]})
+    control = [(n, r, t, pause if n == tr.PAUSE_RETURN else resume if n == tr.RESUME_RETURN else d)
+               for n, r, t, d in CONTROL]
+    v = metrics.compute(*frames(KEEP_TOKENS, control + FINISHED), {**SCENARIO, "backend": "http", "servers": 2})
+    assert v["pause_api_s"] == pytest.approx(0.030)
+    assert v["pause_spread_s"] == pytest.approx(0.018) and v["worst_server"] == 1
+    per_server = json.loads(v["per_server"])
+    assert per_server["0"]["pause_api_s"] == pytest.approx(0.012)
+    assert per_server["1"]["resume_api_s"] == pytest.approx(0.001)
+    assert per_server["0"]["quiesce_s"] == pytest.approx(0.008)  # request 0's token at 10.008
+    assert per_server["1"]["resume_ttft_s"] == pytest.approx(0.010)  # request 1 at 11.060
+    ranks = json.loads(v["per_rank"])
+    assert {k: r["server"] for k, r in ranks.items()} == {"0": 0, "1": 1}
+    # One server: nothing per server, and no spread to report.
+    one = metrics.compute(*keep_trace(), SCENARIO)
+    assert json.loads(one["per_server"]) == {} and math.isnan(one["pause_spread_s"]) and one["worst_server"] == -1
+
+
+def test_routing_over_servers_and_ranks_reaches_every_rank():
+    from bench_pause.scenario import route
+    assert [route(i, 2, 2) for i in range(4)] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    assert [route(i, 1, 2) for i in range(3)] == [(0, 0), (0, 1), (0, 0)]  # as before: i % dp_size

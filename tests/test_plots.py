@@ -16,7 +16,9 @@ RUN = FIXTURES / "cpu-run"
 
 def test_every_figure_is_a_real_image(tmp_path):
     figures = plots.plot_all([RUN], tmp_path)
-    assert set(figures) == {"timeline", "time_to_pause", "gap", "clear_cache", "stalls", "leak"}
+    # The fixture has dp 1 and 2, both cache settings and warm-ups: every figure has something to draw.
+    assert set(figures) == {"timeline", "time_to_pause", "gap", "clear_cache", "stalls", "first_pause", "ranks",
+                            "dp_size", "leak"}
     for name, (png, svg) in figures.items():
         image = mpimg.imread(png)
         assert image.shape[0] > 300 and image.shape[1] > 500, name
@@ -40,8 +42,9 @@ def test_report_references_every_figure_it_wrote(tmp_path):
     text = index.read_text()
     linked = set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text))
     written = {str(p.relative_to(tmp_path / "docs")) for p in (tmp_path / "docs" / "figures").rglob("*.png")}
-    assert linked == written and len(written) == 6
+    assert linked == written and len(written) == len(plots.FIGURES)
     assert "| backend |" in text and "vLLM 0.32.0" in text
+    assert "### Data parallel: the slowest rank and server" in text
 
 
 def test_report_command(tmp_path):

@@ -3,7 +3,7 @@
 import pytest
 
 from bench_pause import profiles
-from bench_pause.scenario import Grid, PausePoint, Scenario, ScenarioError, group_by_engine
+from bench_pause.scenario import CYCLES, Grid, PausePoint, Scenario, ScenarioError, group_by_engine
 
 
 @pytest.mark.parametrize("text,before", [("prefill", 0), ("tokens:5", 5), ("frac:0.5", 32), ("frac:0.01", 1)])
@@ -59,3 +59,19 @@ def test_overrides_replace_only_given_axes():
     grid = profiles.with_overrides(profiles.get("quick"), modes=["keep"], repeats=None)
     assert grid.modes == ["keep"]
     assert grid.repeats == profiles.get("quick").repeats
+
+
+def test_grids_measured_beside_a_grid_share_its_engines():
+    grid = profiles.get("dp")
+    scenarios = grid.scenarios()
+    edge = [sc for sc in scenarios if sc.hold_s == 0.0]
+    assert {sc.cycle for sc in edge} == set(CYCLES) and {sc.dp_size for sc in edge} == {2}
+    assert len(scenarios) == len(set(scenarios))
+    # An option given on the command line applies to the grids beside it too.
+    http = profiles.with_overrides(grid, backends=["http"])
+    assert {sc.backend for sc in http.scenarios()} == {"http"}
+
+
+def test_several_servers_only_over_http():
+    with pytest.raises(ScenarioError, match="servers"):
+        Scenario("offline", 1, "keep", "tokens:5", 64, 1, 0.5, True, servers=2)
