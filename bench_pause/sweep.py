@@ -204,6 +204,8 @@ async def run(p: Plan, progress: Progress | None = None) -> Outcome:
                     progress.say(f"[red]{backend} dp {dp_size} engine failed to start:[/red] {exc}")
                     break
                 entry.update(startup_s=session.info.startup_s, retries=session.info.retries, **session.info.extra)
+                if info.get("model") is None:  # a server given by --url: the model it serves
+                    info["model"] = session.info.model
                 write_json(meta_path, info)
                 before = len(queue)
                 try:
