@@ -252,7 +252,7 @@ def cmd_recompute(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from bench_pause import compare
+    from bench_pause import compare, plots
     _check_run_dirs([args.base, *args.new])
     th = compare.Thresholds(factor=args.factor, alpha=args.alpha, min_delta_s=args.min_delta_ms / 1e3)
     comparisons = [compare.compare(args.base, new, th) for new in args.new]
@@ -263,7 +263,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         args.md.write_text("".join(compare.markdown(c, th) for c in comparisons))
         print(f"wrote {args.md}")
     if args.plot:
-        print("wrote " + " ".join(map(str, compare.plot_versions([args.base, *args.new], args.plot))))
+        print("wrote " + " ".join(map(str, plots.plot_versions([args.base, *args.new], args.plot))))
     regressed = [c.new for c in comparisons if c.regressed]
     if regressed:
         print(f"regressions or contract changes in: {', '.join(regressed)}")

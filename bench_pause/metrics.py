@@ -28,7 +28,12 @@ Definitions (client clock unless the name says ``engine``):
   engine made after it (offline only): the resume cost without the output path back to
   the client.
 - ``preemptions``: requests the engine preempted during the measurement, from vLLM's own
-  ``vllm:num_preemptions`` counter (read before and after). A keep pause with
+  ``vllm:num_preemptions`` counter, read before the requests are sent and after every
+  stream ended. Not around the pause alone, because it cannot be: vLLM counts a preemption
+  when the preempted request's next output reaches the front end (the PREEMPTED event rides
+  on its EngineCoreOutput, ``vllm/v1/metrics/stats.py``), so a pause's preemptions appear
+  only after the resume. The loads here stay far below the KV cache, so nothing else
+  preempts: every clear_cache=False keep pause committed shows 0. A keep pause with
   ``clear_cache=True`` preempts every running request; NaN where it cannot be read.
 - ``reprefill_tokens``: an estimate of the tokens the engine recomputes to bring the
   preempted requests back: vLLM re-prefills a preempted request's prompt plus what it

@@ -411,6 +411,39 @@ def leak(data: Runs, out: Path) -> list[Path]:
     return _save(fig, out, "leak", data)
 
 
+def plot_versions(dirs: list[Path], out: Path) -> list[Path]:
+    """Each headline metric's per-cell medians against the runs' vLLM versions."""
+    labels, tables = [], []
+    for d in dirs:
+        runs, *_, meta = results.load(d)
+        labels.append(f"{meta.get('vllm_version', '?')}\n{Path(d).name}")
+        tables.append(results.measured(runs))
+    fig, axes = plt.subplots(1, len(summary.TIMING), figsize=(4.2 * len(summary.TIMING), 4.2), squeeze=False)
+    for ax, metric in zip(axes[0], summary.TIMING):
+        for mode, color in MODE_COLORS.items():
+            for backend, marker in (("offline", "o"), ("http", "s")):
+                meds = [t[(t["mode"] == mode) & (t["backend"] == backend)].groupby(summary.CELL)[metric].median()
+                        for t in tables]
+                for x, m in enumerate(meds):
+                    ax.scatter(np.full(len(m), x), m.to_numpy() * 1e3, color=color, marker=marker, s=12, alpha=0.6,
+                               label=f"{backend} {mode}" if x == 0 else None)
+                if all(len(m) for m in meds):
+                    ax.plot(range(len(meds)), [np.median(m) * 1e3 for m in meds], color=color, alpha=0.8)
+        ax.set_xticks(range(len(labels)), labels, fontsize=7)
+        ax.set_title(metric)
+        ax.set_ylabel("ms (per-cell medians)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Pause metrics across vLLM versions (lines: median of cell medians)")
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "versions.png", out / "versions.svg"]
+    for p in paths:
+        fig.savefig(p, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
 FIGURES = {"timeline": timeline, "time_to_pause": time_to_pause, "gap": gap, "clear_cache": clear_cache,
            "stalls": stalls, "first_pause": first_pause, "ranks": ranks, "dp_size": dp_size, "leak": leak}
 

@@ -29,14 +29,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 try:
-    from bench_pause import profiles, results
+    from bench_pause import profiles, results, summary
 except ImportError:  # not installed (a GPU box running from the checkout): use the checkout
     sys.path.insert(0, str(ROOT))
-    from bench_pause import profiles, results
+    from bench_pause import profiles, results, summary
 
 PROFILE = os.environ.get("BENCH_PAUSE_PROFILE", "auto")
 if PROFILE == "auto":  # the grid the host suits, named, so the sweeps and the params agree
@@ -81,6 +82,10 @@ class _Pause:
         cell = runs[(runs["dp_size"] == dp_size) & (runs["mode"] == mode) & (runs["pause_point"] == pause_point)
                     & (runs["max_tokens"] == max_tokens) & (runs["concurrency"] == concurrency)
                     & (runs["clear_cache"] == clear_cache) & (runs["model_param"] == model)]
+        # Only the profile's own grid: cells measured beside it (a profile's ``also`` grids, the
+        # edge cycles at hold 0 say) are not parameters here and would pool with these.
+        cell = cell[cell["cycle"].isin(GRID.cycles) & cell["hold_s"].isin(GRID.holds)
+                    & cell["arrivals"].isin(GRID.arrivals)]
         if not len(cell):
             raise NotImplementedError("not measured (dp size larger than the GPUs, or wait without clear_cache)")
         self.cell = cell
@@ -116,11 +121,36 @@ class _Pause:
         """Measurements that broke their mode's contract: 0 on a correct engine."""
         return float((~self.cell["ok"].astype(bool)).sum())
 
+    def track_stalls(self, *_: object) -> float:
+        """Pauses far beyond their cell (bench_pause.summary.stalls): a trainer waits for these."""
+        found = summary.stalls(self.cell)
+        return float(len(found.drop_duplicates(["run", "measurement"]))) if len(found) else 0.0
+
+    def _quantile(self, metric: str, q: float) -> float:
+        values = self.cell[metric].dropna()
+        return float(np.percentile(values, q)) if len(values) else math.nan
+
     track_pause_api_s.unit = track_quiesce_s.unit = track_gap_excess_s.unit = "seconds"
     track_resume_ttft_s.unit = track_resume_all_s.unit = "seconds"
     track_preemptions.unit = "requests"
     track_leak_tokens.unit = "tokens"
-    track_not_ok.unit = "measurements"
+    track_not_ok.unit = track_stalls.unit = "measurements"
+
+
+def _tail_tracker(metric: str, q: float) -> object:
+    def track(self: _Pause, *_: object) -> float:
+        return self._quantile(metric, q)
+    track.unit = "seconds"
+    track.__doc__ = f"{'max' if q == 100 else f'p{q:g}'} of {metric} over the cell's pauses: the tail a trainer waits for."
+    return track
+
+
+# The tails beside the samples' median (asv's tables show the median only): p90 and max of
+# what the pause call costs and of when every stream is moving again.
+TAILS = ("pause_api_s", "resume_all_s")
+for _metric in TAILS:
+    for _q, _tag in ((90.0, "p90"), (100.0, "max")):
+        setattr(_Pause, f"track_{_metric.removesuffix('_s')}_{_tag}_s", _tail_tracker(_metric, _q))
 
 
 # asv keys setup_cache by the function's source line, so each class needs its own: an

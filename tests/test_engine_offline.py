@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -78,10 +79,15 @@ def test_engine_timestamps_are_recorded(offline_session, measure_on):
 
 @pytest.mark.parametrize("clear_cache", [True, False])
 def test_keep_preempts_the_kept_requests_only_when_clearing_the_cache(offline_session, measure_on, clear_cache):
-    v = measure_on(offline_session, scenario("keep", concurrency=2, clear_cache=clear_cache)).metrics
+    m = measure_on(offline_session, scenario("keep", concurrency=2, clear_cache=clear_cache))
+    v = m.metrics
     assert v["ok"] and v["leak_tokens"] == 0
     assert v["preemptions"] == (2 if clear_cache else 0)
-    assert (v["reprefill_tokens"] > 0) == clear_cache
+    if clear_cache:  # both prompts again, plus the tokens each had when it was preempted
+        prompts = m.events.loc[m.events["event"] == "prompt", "detail"].astype(int)
+        assert v["reprefill_tokens"] >= prompts.sum() + 2 * 5
+    else:
+        assert v["reprefill_tokens"] == 0
     assert 0 < v["resume_engine_s"] <= v["resume_ttft_s"] <= v["resume_all_s"]
 
 
@@ -100,6 +106,14 @@ def test_requests_sent_while_paused_are_served_only_after_resume(offline_session
 @pytest.mark.parametrize("mode", ["keep", "abort"])
 def test_edge_cycles_complete_and_leave_the_engine_serving(offline_session, measure_on, loop, cycle, mode):
     m = measure_on(offline_session, scenario(mode, concurrency=2, cycle=cycle, hold=0.1))
-    assert m.metrics["error"] == "" and m.metrics["ok"], m.metrics
+    v = m.metrics
+    assert v["error"] == "" and v["ok"], v
+    at = m.events.set_index("event")["t"]
+    if cycle == "idle":  # nothing ran during the pause: no gap, every token came after the resume
+        assert math.isnan(v["gap_s"]) and (m.tokens["t"] > at["resume_call"]).all() and math.isnan(v["second_call_s"])
+    else:
+        assert v["second_call_s"] >= 0
+    if cycle == "double_pause":  # the second pause was called before the first returned
+        assert at["pause_call_2"] < at["pause_return"]
     assert loop.run_until_complete(offline_session.is_paused()) is False
     assert measure_on(offline_session, scenario("keep")).metrics["ok"]

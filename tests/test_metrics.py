@@ -118,42 +118,11 @@ def test_summary_has_one_row_per_cell(recorded):
     assert "| backend |" in summary.markdown(table)
 
 
-@pytest.mark.parametrize("backend", ["offline", "http"])
-def test_clear_cache_preempts_the_kept_requests(recorded, backend):
-    """A keep pause with clear_cache=True preempts every request in flight (vLLM resets
-    the prefix cache with reset_running_requests); with False it preempts none."""
-    for clear, preempted in ((True, 2), (False, 0)):
-        tokens, events, run = trace_of(recorded, pick(recorded, backend=backend, mode="keep", pause_point="tokens:5",
-                                                      concurrency=2, clear_cache=clear))
-        v = metrics.for_measurement(tokens, events, run)
-        assert v["ok"] and v["preemptions"] == preempted, (clear, v["preemptions"])
-        prompts = events.loc[events["event"] == "prompt", "detail"].astype(int)
-        if clear:  # both prompts plus the tokens each had when preempted
-            assert v["reprefill_tokens"] >= prompts.sum() + 2 * 5
-        else:
-            assert v["reprefill_tokens"] == 0
-        assert v["resume_all_s"] >= v["resume_ttft_s"] > 0
-
-
 def test_preemptions_come_from_the_counters_events(recorded):
     tokens, events, run = trace_of(recorded, pick(recorded, backend="offline", mode="keep", concurrency=2))
     without = events[events["event"] != "counters"]
     v = metrics.for_measurement(tokens, without, run)
     assert np.isnan(v["preemptions"]) and np.isnan(v["reprefill_tokens"])
-
-
-@pytest.mark.parametrize("backend", ["offline", "http"])
-@pytest.mark.parametrize("mode", ["keep", "abort", "wait"])
-def test_requests_sent_while_paused_wait_for_the_resume(recorded, backend, mode):
-    tokens, events, run = trace_of(recorded, pick(recorded, backend=backend, mode=mode, pause_point="tokens:5",
-                                                  concurrency=2, arrivals=2))
-    v = metrics.for_measurement(tokens, events, run)
-    assert v["ok"], v
-    resume = events.loc[events["event"] == RESUME_CALL, "t"].iloc[0]
-    arrivals = tokens[tokens["request"].isin([2, 3])]
-    assert arrivals.groupby("request")["n_tokens"].sum().tolist() == [64, 64]
-    assert (arrivals["t"] >= resume).all()
-    assert 0 < v["arrivals_ttft_s"] < 5 and 0 <= v["arrivals_admitted_s"] < run["hold_s"]
 
 
 def test_an_arrival_served_during_the_pause_is_caught(recorded):
@@ -175,23 +144,6 @@ def test_per_rank_figures_at_dp2(recorded):
     assert [r["preemptions"] for r in ranks.values()] == [1.0, 1.0]
     assert v["quiesce_worst_s"] == max(r["quiesce_s"] for r in ranks.values())
     assert v["resume_ttft_worst_s"] == max(r["resume_ttft_s"] for r in ranks.values()) >= v["resume_ttft_s"]
-
-
-@pytest.mark.parametrize("backend", ["offline", "http"])
-@pytest.mark.parametrize("cycle", ["idle", "double_resume", "double_pause"])
-def test_edge_cycles(recorded, backend, cycle):
-    tokens, events, run = trace_of(recorded, pick(recorded, backend=backend, mode="keep", cycle=cycle,
-                                                  concurrency=2))
-    v = metrics.for_measurement(tokens, events, run)
-    assert v["ok"] and v["error"] == "" and v["tokens_received"] == 128
-    if cycle == "idle":  # nothing ran during the pause: no gap, the requests came after the resume
-        resume = events.loc[events["event"] == RESUME_CALL, "t"].iloc[0]
-        assert np.isnan(v["gap_s"]) and (tokens["t"] > resume).all() and np.isnan(v["second_call_s"])
-    else:
-        assert v["second_call_s"] >= 0 and v["gap_s"] >= run["hold_s"]
-    if cycle == "double_pause":  # the second pause was called before the first returned
-        ev = events.set_index("event")["t"]
-        assert ev["pause_call_2"] < ev["pause_return"]
 
 
 def test_a_pause_that_missed_the_request_is_flagged_and_left_out(recorded):

@@ -178,8 +178,13 @@ class HttpSession(Session):
         trace.event(FINISH, request, detail=finish)
 
     def admitted(self) -> int:
-        # The server has sent its response headers: it accepted the request and is
-        # handing it to the engine. Closer than this cannot be seen from a client.
+        """Requests whose response headers came back. The server sends them before its
+        generator hands the request to the engine, so a request counted here may reach the
+        engine a little later; nothing earlier is observable over HTTP: the first chunk comes
+        with the first token, and the server's own request gauges (/metrics) are updated with
+        the output of the step that schedules the request, i.e. with that token too. A request
+        that reaches the engine only after the pause is held and served after the resume:
+        metrics count it in ``held_requests`` (and the abort contract allows it)."""
         return self._open_streams
 
     async def _post(self, path: str, params: dict | None = None) -> str:
