@@ -197,11 +197,11 @@ async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: rando
 MAX_MISSED = 2
 
 
-async def attempts(session: Session, sc: Scenario, timeouts: Timeouts,
-                   rng: random.Random) -> AsyncIterator[tr.Measurement]:
-    """Measure ``sc``, again while the pause misses (at most ``MAX_MISSED`` more times);
+async def attempts(session: Session, sc: Scenario, timeouts: Timeouts, rng: random.Random,
+                   max_missed: int = MAX_MISSED) -> AsyncIterator[tr.Measurement]:
+    """Measure ``sc``, again while the pause misses (at most ``max_missed`` more times);
     yields every attempt, so a caller can keep them all."""
-    for _ in range(1 + MAX_MISSED):
+    for _ in range(1 + max_missed):
         m = await measure(session, sc, timeouts, rng)
         yield m
         if not m.metrics["missed"] or m.engine_broken:

@@ -85,11 +85,13 @@ def second_http_session(loop, engine_config, tmp_path_factory):
 @pytest.fixture
 def measure_on(loop):
     """measure_on(session, scenario) -> Measurement, on the shared loop; like the sweep,
-    a pause that missed the first request is measured again (the last attempt counts)."""
+    a pause that missed the first request is measured again (the last attempt counts), up to
+    six times: a contract can only be checked on a pause that landed, and on a host with
+    every core busy a starved server can deliver a whole request before the pause reaches it."""
     from bench_pause.measure import attempts
 
     async def last(session, scenario, timeouts):
-        async for m in attempts(session, scenario, timeouts, random.Random(0)):
+        async for m in attempts(session, scenario, timeouts, random.Random(0), max_missed=5):
             pass
         return m
 

@@ -44,9 +44,9 @@ class KillEngineAfter(sweep.Progress):
 
 @pytest.mark.parametrize("backend,fail_fast", [("http", True), ("http", False), ("offline", False)])
 def test_engine_dying_mid_sweep_keeps_measurements(engine_config, loop, tmp_path, backend, fail_fast):
-    # 256 tokens, as the quick profile: long enough on a slow 2-core host that the pause lands
-    # while the request is still running (a missed pause leaves no cell to count here).
-    grid = Grid(backends=(backend,), modes=("keep",), max_tokens=(256,), holds=(0.2,), repeats=4)
+    # Long enough on a busy 2-core host that the pause lands while the request is still
+    # running (a missed pause leaves no cell to count here; see test_engine_http.MAX_TOKENS).
+    grid = Grid(backends=(backend,), modes=("keep",), max_tokens=(1024,), holds=(0.2,), repeats=4)
     cfg = sweep.SweepConfig(grid=grid, out=tmp_path, model=engine_config.model, fail_fast=fail_fast,
                             timeouts=Timeouts(startup=300, pause=20, resume=20, stream=20))
     progress = KillEngineAfter(2, backend)
