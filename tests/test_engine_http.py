@@ -92,7 +92,10 @@ def test_preemptions_are_read_from_the_servers_metrics(http_session, measure_on)
     for clear_cache, preempted in ((True, 2), (False, 0)):
         v = measure_on(http_session, scenario("keep", concurrency=2, clear_cache=clear_cache)).metrics
         assert not v["missed"], "the pause came after the request ended: nothing to preempt"
-        assert v["ok"] and v["preemptions"] == preempted, (clear_cache, v["preemptions"])
+        # Every request running in the engine is preempted; one that a starved server had not
+        # handed to the engine yet when the pause came is held instead, and not preempted.
+        expected = preempted - v["held_requests"] if clear_cache else 0
+        assert v["ok"] and v["preemptions"] == expected, (clear_cache, v["preemptions"], v["held_requests"])
 
 
 def test_arrivals_and_edge_cycles_over_http(http_session, measure_on):
