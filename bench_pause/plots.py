@@ -286,6 +286,14 @@ def stalls(data: Runs, out: Path) -> list[Path]:
     return _save(fig, out, "stalls", data)
 
 
+def _keep_panel(ax: plt.Axes, groups: list[tuple[str, pd.Series]], title: str, ylabel: str) -> None:
+    """One panel of keep-pause samples in ms, a box per group."""
+    _strip(ax, groups, [MODE_COLORS["keep"]] * len(groups), 1e3)
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+
+
 def _per_rank_rows(m: pd.DataFrame) -> pd.DataFrame:
     """One row per (pause, rank) from the per_rank JSON of each pause."""
     rows = [{"rank": int(rank), **{k: v[k] for k in ("quiesce_s", "resume_ttft_s")}}
@@ -309,12 +317,9 @@ def ranks(data: Runs, out: Path) -> list[Path]:
         ranks_seen = sorted(per_rank["rank"].unique())
         for row, (metric, ylabel) in enumerate((("quiesce_s", "pause call to the rank's last token (ms)"),
                                                 ("resume_ttft_s", "resume call to the rank's first token (ms)"))):
-            ax = axes[row][col]
-            _strip(ax, [(f"rank {r}", per_rank.loc[per_rank["rank"] == r, metric]) for r in ranks_seen],
-                   [MODE_COLORS["keep"]] * len(ranks_seen), 1e3)
-            ax.set_title(f"{title}: {metric.removesuffix('_s').replace('_', ' ')} per rank", fontsize=10)
-            ax.set_ylabel(ylabel)
-            ax.grid(axis="y", alpha=0.3)
+            _keep_panel(axes[row][col], [(f"rank {r}", per_rank.loc[per_rank["rank"] == r, metric])
+                                         for r in ranks_seen],
+                        f"{title}: {metric.removesuffix('_s').replace('_', ' ')} per rank", ylabel)
     fig.suptitle("Keep pauses per data-parallel rank (ranks numbered server by server)")
     fig.tight_layout()
     return _save(fig, out, "ranks", data)
@@ -368,13 +373,9 @@ def dp_size(data: Runs, out: Path) -> list[Path]:
     for col, backend in enumerate(backends):
         cell = m[m["backend"] == backend]
         for row, (metric, ylabel) in enumerate(metrics):
-            ax = axes[row][col]
             groups = [(f"dp {d}" + (f" x {n} servers" if n > 1 else ""),
                        cell.loc[(cell["dp_size"] == d) & (cell["servers"] == n), metric]) for d, n in shapes]
-            _strip(ax, groups, [MODE_COLORS["keep"]] * len(groups), 1e3)
-            ax.set_title(f"{backend}: {metric.removesuffix('_s').replace('_', ' ')}", fontsize=10)
-            ax.set_ylabel(ylabel)
-            ax.grid(axis="y", alpha=0.3)
+            _keep_panel(axes[row][col], groups, f"{backend}: {metric.removesuffix('_s').replace('_', ' ')}", ylabel)
     fig.suptitle("Keep pauses by data-parallel size and number of servers")
     fig.tight_layout()
     return _save(fig, out, "dp_size", data)
