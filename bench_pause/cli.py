@@ -96,21 +96,52 @@ def _add_plot_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="regressions between runs (e.g. two vLLM versions); exit 1 if any")
-    p.add_argument("base", type=Path)
-    p.add_argument("new", nargs="+", type=Path, help="one or more runs, each compared with BASE")
-    p.add_argument("--factor", type=float, default=1.10, help="slowdown ratio that counts (default 1.10)")
-    p.add_argument("--alpha", type=float, default=0.01, help="Mann-Whitney U significance level")
-    p.add_argument("--min-delta-ms", type=float, default=1.0, help="ignore slowdowns smaller than this")
+    p = sub.add_parser("compare", help="regressions between versions, run by run; exit 1 if any",
+                       description="Compares the engine runs of two or more versions (the unit of replication "
+                                   "is the engine run: give several per version, as interleave makes them). "
+                                   "Exit 1 on a regression or a broken contract, not on an improvement.")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                   help="BASE NEW [NEW ...], each a run directory or a directory of one version's runs; or "
+                        "one comparison directory made by interleave")
+    p.add_argument("--base", help="with a comparison directory: the variant to compare with (default: the first)")
+    p.add_argument("--factor", type=float, default=1.05, help="a slowdown must exceed this ratio (default 1.05)")
+    p.add_argument("--alpha", type=float, default=0.01, help="family-wise error rate of the whole comparison")
+    p.add_argument("--min-delta-ms", type=float, default=1.0, help="a slowdown must exceed this (default 1 ms)")
     p.add_argument("--md", type=Path, help="also write the comparison as Markdown")
-    p.add_argument("--plot", type=Path, help="also plot each headline metric against vLLM version")
+    p.add_argument("--plot", type=Path, help="also plot each headline metric against the versions")
+
+
+def _add_interleave(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("interleave", help="measure versions in interleaved rounds, each from its own environment",
+                       description="Runs `bench-pause run RUN_OPTIONS` once per variant per round, a fresh engine "
+                                   "each, the order shuffled within each round, into one comparison directory "
+                                   "that compare and report read.",
+                       epilog="example:\n  bench-pause interleave --env new=.venv --env old=.venv-0.31.0 "
+                              "--rounds 3 --out results/cmp -- --profile quick --dp 1\n  bench-pause interleave "
+                              "--env a=same --env a2=same --env slow=same --inject slow=5 --rounds 3 --out "
+                              "results/aa -- --profile quick --dp 1",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", action="append", default=[], dest="envs", metavar="NAME=ENV", required=True,
+                   help="a variant: ENV is 'same' (this Python), a virtualenv directory, or a file to source "
+                        "(a GPU bundle's env.sh); repeat for each")
+    p.add_argument("--inject", action="append", default=[], metavar="NAME=MS[:RESUME_MS]",
+                   help="calibration: add MS before every pause call (and RESUME_MS, default MS, before every "
+                        "resume call) in variant NAME")
+    p.add_argument("--rounds", type=int, default=3, help="engine runs per variant (default 3)")
+    p.add_argument("--out", type=Path, required=True, help="the comparison directory")
+    p.add_argument("--seed", type=int, default=0, help="round r runs with seed SEED + r, for every variant alike")
+    p.add_argument("--resume", action="store_true", help="continue the comparison in --out (or add rounds)")
+    p.add_argument("run_args", nargs=argparse.REMAINDER, metavar="-- RUN_OPTIONS",
+                   help="options of `bench-pause run` for every run (not --out, --seed, --resume)")
 
 
 START = """start with:
   bench-pause run --profile auto                 measure the host's default grid and model
   bench-pause run --model qwen3-30b-a3b --backend offline http --mode keep --repeats 5
   bench-pause report results/RUN --out docs/     figures and tables from run directories
-  bench-pause compare results/OLD results/NEW    regressions between two runs (exit 1 if any)
+  bench-pause interleave --env new=.venv --env old=.venv-old --out results/cmp -- --profile quick
+                                                 versions in interleaved rounds, a fresh engine each
+  bench-pause compare results/cmp                regressions, run by run (exit 1 if any)
 'bench-pause run --help' lists every axis and the model presets."""
 
 
@@ -122,6 +153,7 @@ def parser() -> argparse.ArgumentParser:
     _add_make_model(sub)
     _add_plot_report(sub)
     _add_compare(sub)
+    _add_interleave(sub)
     return ap
 
 
@@ -222,40 +254,64 @@ def cmd_make_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_run_dirs(dirs: list[Path]) -> None:
-    for d in dirs:
-        if not (d / "runs.parquet").exists():
-            raise ScenarioError(f"{d} is not a bench-pause run directory (no runs.parquet)")
+def _run_dirs(paths: list[Path]) -> list[Path]:
+    """Run directories named, or found beneath a version's or a comparison's directory."""
+    from bench_pause.results import run_dirs
+    out = []
+    for p in paths:
+        found = run_dirs(p)
+        if not found:
+            raise ScenarioError(f"{p} is not a bench-pause run directory and holds none (no runs.parquet)")
+        out += found
+    return out
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from bench_pause import plots
-    _check_run_dirs(args.run_dirs)
-    for name, paths in plots.plot_all(args.run_dirs, args.out).items():
+    for name, paths in plots.plot_all(_run_dirs(args.run_dirs), args.out).items():
         print(f"{name}: {' '.join(map(str, paths))}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from bench_pause import report
-    _check_run_dirs(args.run_dirs)
-    print(f"wrote {report.write(args.run_dirs, args.out, title=args.title, include=args.include)}")
+    dirs = _run_dirs(args.run_dirs)
+    print(f"wrote {report.write(dirs, args.out, title=args.title, include=args.include)}")
     return 0
 
 
 def cmd_recompute(args: argparse.Namespace) -> int:
     from bench_pause import results
-    _check_run_dirs(args.run_dirs)
-    for d in args.run_dirs:
+    for d in _run_dirs(args.run_dirs):
         print(f"{d}: {results.recompute(d)} measurements recomputed")
     return 0
 
 
+def _sides(args: argparse.Namespace) -> list:
+    from bench_pause import compare
+    if len(args.paths) == 1 and compare.is_comparison(args.paths[0]):
+        sides = compare.comparison_sides(args.paths[0])
+        if args.base:
+            names = [s.name for s in sides]
+            if args.base not in names:
+                raise ScenarioError(f"--base {args.base}: the comparison has {', '.join(names)}")
+            sides.insert(0, sides.pop(names.index(args.base)))
+    elif args.base:
+        raise ScenarioError("--base goes with one comparison directory; otherwise the first PATH is the base")
+    elif len(args.paths) >= 2:
+        sides = [compare.load_side(_run_dirs([p])) for p in args.paths]
+    else:
+        raise ScenarioError(f"{args.paths[0]} is no comparison directory: give BASE and NEW")
+    if len(sides) < 2:
+        raise ScenarioError("nothing to compare: fewer than two versions hold finished runs")
+    return sides
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from bench_pause import compare, plots
-    _check_run_dirs([args.base, *args.new])
+    sides = _sides(args)
     th = compare.Thresholds(factor=args.factor, alpha=args.alpha, min_delta_s=args.min_delta_ms / 1e3)
-    comparisons = [compare.compare(args.base, new, th) for new in args.new]
+    comparisons = [compare.compare(sides[0], new, th) for new in sides[1:]]
     for c in comparisons:
         compare.print_terminal(c, th)
     if args.md:
@@ -263,17 +319,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
         args.md.write_text("".join(compare.markdown(c, th) for c in comparisons))
         print(f"wrote {args.md}")
     if args.plot:
-        print("wrote " + " ".join(map(str, plots.plot_versions([args.base, *args.new], args.plot))))
-    regressed = [c.new for c in comparisons if c.regressed]
+        print("wrote " + " ".join(map(str, plots.plot_versions(sides, args.plot))))
+    regressed = [c.new.label for c in comparisons if c.regressed]
     if regressed:
-        print(f"regressions or contract changes in: {', '.join(regressed)}")
+        print(f"regressions or contract breaks in: {', '.join(regressed)}")
         return EXIT_FAILED
     print("no regression")
     return 0
 
 
+def cmd_interleave(args: argparse.Namespace) -> int:
+    from bench_pause import interleave
+    run_args = args.run_args[1:] if args.run_args[:1] == ["--"] else args.run_args
+    if args.rounds < 1:
+        raise ScenarioError("--rounds must be at least 1")
+    interleave.check_run_args(run_args)
+    variants = interleave.read_versions(interleave.parse_variants(args.envs, args.inject))
+    job = interleave.Interleave.create(args.out, variants, args.rounds, args.seed, run_args, args.resume)
+    code = job.run()
+    print(f"comparison in {args.out}: bench-pause compare {args.out}")
+    return code
+
+
 COMMANDS = {"run": cmd_run, "make-model": cmd_make_model, "plot": cmd_plot, "report": cmd_report,
-            "recompute": cmd_recompute, "compare": cmd_compare}
+            "recompute": cmd_recompute, "compare": cmd_compare, "interleave": cmd_interleave}
 
 
 def _join_engine_args(argv: list[str]) -> list[str]:

@@ -1,143 +1,265 @@
-"""Compare runs (typically two vLLM versions) cell by cell and find regressions.
+"""Compare versions (or any two setups) run by run, and call regressions that are real.
 
-For each scenario cell present in both runs and each timing metric: the medians, their
-ratio, and a two-sided Mann-Whitney U test on the per-repeat samples. A change is a
-regression when it is significant (p < ``alpha``, default 0.01), slower by more than
-``factor`` (default 1.10) and by more than ``min_delta_s`` (default 1 ms, below which
-scheduler noise dominates). With few repeats per cell a single cell has little power (3
-vs 3 repeats can never reach p < 0.05), so each metric is also tested pooled over every
-common cell of a (backend, dp size, mode) group, each sample divided by its cell's base
-median. Changes in ``ok`` or in leaked tokens are always reported, significant or not.
+A side of a comparison is one or more run directories, each one engine run of one version.
+The engine run is the unit of replication (:mod:`bench_pause.stats`): per cell and timing
+metric, each run contributes its median over its repeats, and Welch's t-test compares the
+runs of the two sides. Two families of tests, each Holm-corrected at ``alpha / 2`` so that
+the whole comparison's family-wise error rate is at most ``alpha``:
+
+- *groups*, one per (backend, dp size, mode) and metric: per run, the mean over the
+  group's cells (those measured in every run of both sides) of its cell value minus the
+  base's mean of that cell. Pooling cells is what gives a few runs the power to see a few
+  milliseconds; it is the primary verdict.
+- *cells*, one per cell and metric: where a change is confined to one scenario.
+
+A test is a **regression** when it is rejected and the new side is slower by more than
+``min_delta_s`` and by more than ``factor - 1`` of the base; an **improvement** the same
+faster; **underpowered** when it is not rejected and the smallest slowdown it would find
+(80 % power, at the Bonferroni level of its family) exceeds that threshold, as any test
+with fewer than two runs on a side does. A **contract break** is a cell whose new side
+leaked tokens or broke its mode's contract where the base never did. ``regressed`` (exit
+status 1) means a regression or a contract break; improvements and fixes never fail.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import mannwhitneyu
 
-from bench_pause import results, summary
+from bench_pause import results, stats, summary
 
 TIMING = ["pause_api_s", "quiesce_s", "gap_excess_s", "resume_ttft_s", "resume_all_s"]
 GROUP = ["backend", "dp_size", "mode"]
+PLAN = "interleave.json"  # written by bench_pause.interleave in a comparison directory
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    factor: float = 1.10
+    factor: float = 1.05
     alpha: float = 0.01
     min_delta_s: float = 0.001
+
+    def practical(self, base_level: float) -> float:
+        """The smallest slowdown worth calling: ``min_delta_s``, or ``factor - 1`` of the
+        base where that is larger (a base at or below 0 has no scale)."""
+        return max(self.min_delta_s, (self.factor - 1) * base_level) if base_level > 0 else self.min_delta_s
+
+
+@dataclass
+class Side:
+    """One version's runs: measured pauses of every run directory, tagged with ``run``."""
+
+    name: str
+    dirs: list[Path]
+    runs: pd.DataFrame = field(repr=False)
+    metas: list[dict] = field(repr=False)
+
+    @property
+    def n(self) -> int:
+        return len(self.dirs)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({_describe(self.metas[0])})"
+
+
+def _describe(meta: dict) -> str:
+    extra = ", ".join(f"+{meta[k] * 1e3:g} ms {what}" for k, what in
+                      (("injected_pause_delay_s", "before pause"), ("injected_resume_delay_s", "before resume"))
+                      if meta.get(k))
+    return f"vLLM {meta.get('vllm_version', '?')}" + (f", {extra}" if extra else "")
+
+
+def load_side(dirs: list[Path], label: str | None = None) -> Side:
+    frames, metas = [], []
+    for i, d in enumerate(dirs):
+        runs, *_, meta = results.load(d)
+        frames.append(results.measured(runs).assign(run=i))
+        metas.append(meta)
+    name = label or (Path(dirs[0]).name if len(dirs) == 1 else Path(dirs[0]).parent.name)
+    return Side(name, list(map(Path, dirs)), pd.concat(frames, ignore_index=True), metas)
+
+
+def comparison_sides(path: Path) -> list[Side]:
+    """The sides of an interleaved comparison directory, in the order its plan names them."""
+    plan = json.loads((Path(path) / PLAN).read_text())
+    sides = []
+    for v in plan["variants"]:
+        dirs = results.run_dirs(Path(path) / v["name"])
+        if dirs:
+            sides.append(load_side(dirs, v["name"]))
+    return sides
+
+
+def is_comparison(path: Path) -> bool:
+    return (Path(path) / PLAN).exists()
 
 
 @dataclass
 class Comparison:
-    base: str
-    new: str
-    cells: pd.DataFrame  # one row per (cell, metric)
-    groups: pd.DataFrame  # one row per (backend, dp, mode, metric), pooled
-    contract: pd.DataFrame  # cells whose ok count or leak changed
+    base: Side
+    new: Side
+    tests: pd.DataFrame  # one row per test: level (group|cell), keys, metric, effect, verdict
+    contract: pd.DataFrame  # cells whose contract changed or failed
     missing: list[str]
 
     @property
     def regressions(self) -> pd.DataFrame:
-        return pd.concat([self.cells[self.cells["regression"]], self.groups[self.groups["regression"]]])
+        return self.tests[self.tests["verdict"] == "regression"] if len(self.tests) else self.tests
+
+    @property
+    def breaks(self) -> pd.DataFrame:
+        return self.contract[self.contract["status"] == "broke"] if len(self.contract) else self.contract
 
     @property
     def regressed(self) -> bool:
-        return bool(len(self.regressions)) or bool(len(self.contract))
+        return bool(len(self.regressions)) or bool(len(self.breaks))
 
 
-def _label(run_dir: Path, meta: dict) -> str:
-    return f"{Path(run_dir).name} (vLLM {meta.get('vllm_version', '?')})"
+def per_run(side: Side, metric: str) -> dict[tuple, np.ndarray]:
+    """Per cell, each run's median of ``metric`` over its repeats, in run order."""
+    s = side.runs.groupby([*summary.CELL, "run"])[metric].median().dropna()
+    return {k: g.to_numpy(float) for k, g in s.groupby(level=list(range(len(summary.CELL))))}
 
 
-def _test(a: np.ndarray, b: np.ndarray) -> float:
-    if len(a) < 2 or len(b) < 2:
-        return math.nan
-    if np.all(a == a[0]) and np.all(b == a[0]):
-        return 1.0
-    return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+def _test_row(w: stats.Welch, th: Thresholds, base_level: float) -> dict:
+    lo, hi = w.ci()
+    return {"n_base": w.n_base, "n_new": w.n_new, "base": w.base_mean, "new": w.new_mean, "delta": w.delta,
+            "ci_low": lo, "ci_high": hi, "p_value": w.p_value(), "threshold": th.practical(base_level),
+            "ratio": w.new_mean / w.base_mean if w.base_mean > 0 else math.nan, "_welch": w}
 
 
-def _verdict(base: np.ndarray, new: np.ndarray, th: Thresholds, scale: float = 1.0) -> dict:
-    mb, mn = float(np.median(base)), float(np.median(new))
-    # From a zero base any rise is an infinite ratio: a metric that was 0 (preemptions,
-    # stalls, a quiesce of nothing) and now is not must be able to regress.
-    ratio = mn / mb if mb > 0 else (math.inf if mn > 0 else 1.0)
-    p = _test(base, new)
-    significant = not math.isnan(p) and p < th.alpha
-    slower = (not math.isnan(ratio) and ratio > th.factor) and (mn - mb) * scale > th.min_delta_s
-    return {"base_median": mb, "new_median": mn, "ratio": ratio, "p_value": p, "n_base": len(base),
-            "n_new": len(new), "significant": significant, "regression": significant and slower}
+def _verdicts(rows: list[dict], th: Thresholds) -> None:
+    """Holm within the family at alpha/2, then each test's verdict (module docstring)."""
+    alpha = th.alpha / 2
+    adjusted = stats.holm([r["p_value"] for r in rows])
+    m = max(1, sum(not math.isnan(r["p_value"]) for r in rows))
+    for r, p_adj in zip(rows, adjusted):
+        w: stats.Welch = r.pop("_welch")
+        r["p_holm"] = p_adj
+        r["detectable"] = w.detectable(alpha / m)
+        rejected = not math.isnan(p_adj) and p_adj < alpha
+        if rejected and r["delta"] > r["threshold"]:
+            r["verdict"] = "regression"
+        elif rejected and r["delta"] < -r["threshold"]:
+            r["verdict"] = "improvement"
+        elif rejected:
+            r["verdict"] = "changed, below threshold"
+        elif r["detectable"] > r["threshold"]:
+            r["verdict"] = "underpowered"
+        else:
+            r["verdict"] = "no change"
 
 
-def compare(base_dir: Path, new_dir: Path, th: Thresholds = Thresholds()) -> Comparison:
-    base_runs, *_, base_meta = results.load(base_dir)
-    new_runs, *_, new_meta = results.load(new_dir)
-    base, new = results.measured(base_runs), results.measured(new_runs)
-    bkeys = {tuple(k) for k in base[summary.CELL].drop_duplicates().itertuples(index=False)}
-    nkeys = {tuple(k) for k in new[summary.CELL].drop_duplicates().itertuples(index=False)}
-    missing = [f"only in {Path(base_dir).name}: {k}" for k in sorted(bkeys - nkeys, key=str)]
-    missing += [f"only in {Path(new_dir).name}: {k}" for k in sorted(nkeys - bkeys, key=str)]
+def _contract(base: pd.DataFrame, new: pd.DataFrame, cell: dict) -> dict | None:
+    bad_b, bad_n = int((~base["ok"].astype(bool)).sum()), int((~new["ok"].astype(bool)).sum())
+    leak_b, leak_n = int(base["leak_tokens"].max()), int(new["leak_tokens"].max())
+    if not (bad_b or bad_n or leak_b or leak_n):
+        return None
+    if (bad_n and not bad_b) or (leak_n and not leak_b):
+        status = "broke"
+    elif (bad_b and not bad_n) or (leak_b and not leak_n):
+        status = "fixed"
+    else:
+        status = "fails on both"
+    return {**cell, "not_ok_base": f"{bad_b}/{len(base)}", "not_ok_new": f"{bad_n}/{len(new)}",
+            "leak_base": leak_b, "leak_new": leak_n, "status": status}
+
+
+def compare(base: Side, new: Side, th: Thresholds = Thresholds()) -> Comparison:
+    keys = lambda s: {tuple(k) for k in s.runs[summary.CELL].drop_duplicates().itertuples(index=False)}  # noqa: E731
+    bkeys, nkeys = keys(base), keys(new)
+    missing = [f"only in {base.label}: {k}" for k in sorted(bkeys - nkeys, key=str)]
+    missing += [f"only in {new.label}: {k}" for k in sorted(nkeys - bkeys, key=str)]
     common = sorted(bkeys & nkeys, key=str)
-    bg, ng = base.groupby(summary.CELL), new.groupby(summary.CELL)
 
-    rows, contract, pooled = [], [], {}
-    for key in common:
-        b, n = bg.get_group(key), ng.get_group(key)
-        cell = dict(zip(summary.CELL, key))
-        if b["ok"].mean() != n["ok"].mean() or b["leak_tokens"].max() != n["leak_tokens"].max():
-            contract.append({**cell, "ok_base": f"{int(b['ok'].sum())}/{len(b)}",
-                             "ok_new": f"{int(n['ok'].sum())}/{len(n)}",
-                             "leak_base": int(b["leak_tokens"].max()), "leak_new": int(n["leak_tokens"].max())})
-        for metric in TIMING:
-            bv, nv = b[metric].dropna().to_numpy(float), n[metric].dropna().to_numpy(float)
-            if not len(bv) or not len(nv):
+    bg, ng = base.runs.groupby(summary.CELL), new.runs.groupby(summary.CELL)
+    contract = [c for key in common
+                if (c := _contract(bg.get_group(key), ng.get_group(key), dict(zip(summary.CELL, key))))]
+
+    cells, groups = [], []
+    for metric in TIMING:
+        vb, vn = per_run(base, metric), per_run(new, metric)
+        pooled: dict[tuple, list] = {}
+        for key in common:
+            b, n = vb.get(key), vn.get(key)
+            if b is None or n is None:
                 continue
-            rows.append({**cell, "metric": metric, **_verdict(bv, nv, th)})
-            med = float(np.median(bv))
-            if med > 0:
-                group = pooled.setdefault((*(cell[g] for g in GROUP), metric), ([], [], []))
-                group[0].extend(bv / med)
-                group[1].extend(nv / med)
-                group[2].append(med)
-    groups = []
-    for (*gkey, metric), (bv, nv, meds) in pooled.items():
-        verdict = _verdict(np.array(bv), np.array(nv), th, scale=float(np.median(meds)))
-        groups.append({**dict(zip(GROUP, gkey)), "metric": metric, "cells": len(meds), **verdict})
-    return Comparison(_label(base_dir, base_meta), _label(new_dir, new_meta), pd.DataFrame(rows),
-                      pd.DataFrame(groups), pd.DataFrame(contract), missing)
+            cell = dict(zip(summary.CELL, key))
+            w = stats.welch(b, n)
+            cells.append({"level": "cell", **cell, "metric": metric, **_test_row(w, th, w.base_mean)})
+            if len(b) == base.n and len(n) == new.n:  # measured in every run: poolable
+                pooled.setdefault(tuple(cell[g] for g in GROUP), []).append((b, n))
+        for gkey, members in pooled.items():
+            means = [b.mean() for b, _ in members]
+            # per run: mean over the group's cells of (run's cell value - base mean of that cell)
+            sb = np.mean([b - m for (b, _), m in zip(members, means)], axis=0)
+            sn = np.mean([n - m for (_, n), m in zip(members, means)], axis=0)
+            level = float(np.mean(means))
+            w = stats.welch(sb + level, sn + level)
+            groups.append({"level": "group", **dict(zip(GROUP, gkey)), "metric": metric, "cells": len(members),
+                           **_test_row(w, th, level)})
+    _verdicts(groups, th)
+    _verdicts(cells, th)
+    tests = pd.DataFrame(groups + cells)
+    return Comparison(base, new, tests, pd.DataFrame(contract), missing)
 
 
-def _fmt(row: pd.Series) -> list[str]:
-    verdict = "REGRESSION" if row["regression"] else ("significant" if row["significant"] else "")
-    return [f"{row['base_median'] * 1e3:.2f}", f"{row['new_median'] * 1e3:.2f}", f"{row['ratio']:.3f}",
-            f"{row['p_value']:.3g}", verdict]
+def _ms(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else f"{x * 1e3:.2f}"
+
+
+def _ci(r: pd.Series) -> str:
+    return f"{_ms(r['ci_low'])} to {_ms(r['ci_high'])}" if math.isfinite(r["ci_low"]) else "n/a"
+
+
+def _row(r: pd.Series, keys: list[str]) -> str:
+    ci = _ci(r)
+    p = "n/a" if math.isnan(r["p_holm"]) else f"{r['p_holm']:.3g}"
+    cols = [str(int(r[k])) if k == "cells" else str(r[k]) for k in keys] + [r["metric"], _ms(r["base"]), _ms(r["new"]), _ms(r["delta"]), ci, p,
+                                        _ms(r["detectable"]), f"**{r['verdict']}**" if r["verdict"] in
+                                        ("regression", "improvement") else r["verdict"]]
+    return "| " + " | ".join(cols) + " |"
+
+
+def verdict_line(c: Comparison) -> str:
+    counts = c.tests["verdict"].value_counts().to_dict() if len(c.tests) else {}
+    parts = [f"{counts.get(v, 0)} {v}" for v in ("regression", "improvement", "underpowered") if counts.get(v)]
+    if len(c.breaks):
+        parts.insert(0, f"{len(c.breaks)} contract break(s)")
+    head = "REGRESSED" if c.regressed else "no regression"
+    return f"{head}: {c.new.n} run(s) of {c.new.label} against {c.base.n} of {c.base.label}" + (
+        f" ({', '.join(parts)})" if parts else "")
 
 
 def markdown(c: Comparison, th: Thresholds) -> str:
-    lines = [f"## {c.new} vs {c.base}", "",
-             f"Regression: Mann-Whitney U p < {th.alpha}, median ratio > {th.factor} and slower by > "
-             f"{th.min_delta_s * 1e3:g} ms. Pooled: every common cell of a group, each sample divided by "
-             "its cell's base median (ratios are then relative, base = 1).", "",
+    head = ["metric", "base ms", "new ms", "delta ms", "95% CI ms", "p (Holm)", "detectable ms", "verdict"]
+    lines = [f"## {c.new.label} vs {c.base.label}", "", verdict_line(c), "",
+             f"Runs: {c.base.n} base ({', '.join(d.name for d in c.base.dirs)}), {c.new.n} new "
+             f"({', '.join(d.name for d in c.new.dirs)}). One value per engine run (its median over repeats); "
+             f"Welch's t-test between runs; Holm within groups and within cells, each at {th.alpha / 2:g} "
+             f"(family-wise {th.alpha:g} in all). Regression: rejected and slower by more than "
+             f"{th.min_delta_s * 1e3:g} ms and {100 * (th.factor - 1):g} % of the base. *detectable*: the "
+             "smallest slowdown the test finds with 80 % power; *underpowered* where that exceeds the "
+             "threshold.", "",
              "### Pooled per backend, dp size and mode", "",
-             "| backend | dp | mode | metric | cells | base | new | ratio | p | verdict |", "|" + "---|" * 10]
-    for _, r in c.groups.iterrows():
-        lines.append(f"| {r['backend']} | {r['dp_size']} | {r['mode']} | {r['metric']} | {r['cells']} | "
-                     f"{r['base_median']:.3f} | {r['new_median']:.3f} | {r['ratio']:.3f} | {r['p_value']:.3g} | "
-                     f"{'REGRESSION' if r['regression'] else ('significant' if r['significant'] else '')} |")
-    lines += ["", "### Per cell (times in ms)", "",
-              "| backend | dp | mode | pause at | max tok | conc | metric | base | new | ratio | p | verdict |",
-              "|" + "---|" * 12]
-    for _, r in c.cells.iterrows():
-        lines.append(f"| {r['backend']} | {r['dp_size']} | {r['mode']} | {r['pause_point']} | {r['max_tokens']} | "
-                     f"{r['concurrency']} | {r['metric']} | " + " | ".join(_fmt(r)) + " |")
-    lines += ["", "### Contract changes (ok count or leaked tokens)", ""]
-    lines += [f"- {r.to_dict()}" for _, r in c.contract.iterrows()] or ["None."]
+             "| backend | dp | mode | cells | " + " | ".join(head) + " |", "|" + "---|" * (len(head) + 4)]
+    groups = c.tests[c.tests["level"] == "group"] if len(c.tests) else c.tests
+    lines += [_row(r, [*GROUP, "cells"]) for _, r in groups.iterrows()]
+    keys = ["backend", "dp_size", "mode", "pause_point", "max_tokens", "concurrency", "clear_cache"]
+    lines += ["", "### Per cell", "", "| " + " | ".join(["backend", "dp", "mode", "pause at", "max tok", "conc",
+                                                         "clear cache", *head]) + " |", "|" + "---|" * (len(head) + 7)]
+    cells = c.tests[c.tests["level"] == "cell"] if len(c.tests) else c.tests
+    lines += [_row(r, keys) for _, r in cells.iterrows()]
+    lines += ["", "### Contract (not-ok pauses or leaked tokens on either side)", ""]
+    lines += [f"- {r['status']}: {', '.join(f'{k}={r[k]}' for k in keys)}: not ok {r['not_ok_base']} -> "
+              f"{r['not_ok_new']}, leak {r['leak_base']} -> {r['leak_new']}" for _, r in c.contract.iterrows()]
+    lines += [] if len(c.contract) else ["None."]
     lines += ["", "### Cells missing on one side", ""] + ([f"- {m}" for m in c.missing] or ["None."])
     return "\n".join(lines) + "\n"
 
@@ -147,19 +269,27 @@ def print_terminal(c: Comparison, th: Thresholds) -> None:
     from rich.table import Table
 
     console = Console() if Console().is_terminal else Console(width=160)
-    t = Table(title=f"{c.new} vs {c.base}: pooled per group (p < {th.alpha}, ratio > {th.factor})",
-              title_justify="left")
-    for h in ("backend", "dp", "mode", "metric", "cells", "ratio", "p", "verdict"):
+    t = Table(title=f"{c.new.label} vs {c.base.label}: pooled per group, run by run", title_justify="left")
+    for h in ("backend", "dp", "mode", "metric", "cells", "runs", "delta ms", "95% CI ms", "p (Holm)",
+              "detectable ms", "verdict"):
         t.add_column(h)
-    for _, r in c.groups.iterrows():
-        verdict = "REGRESSION" if r["regression"] else ("significant" if r["significant"] else "")
-        t.add_row(r["backend"], str(r["dp_size"]), r["mode"], r["metric"], str(r["cells"]), f"{r['ratio']:.3f}",
-                  f"{r['p_value']:.3g}", verdict, style="bold red" if r["regression"] else None)
+    for _, r in (c.tests[c.tests["level"] == "group"] if len(c.tests) else c.tests).iterrows():
+        t.add_row(r["backend"], str(r["dp_size"]), r["mode"], r["metric"], str(int(r["cells"])),
+                  f"{r['n_base']}/{r['n_new']}", _ms(r["delta"]), _ci(r),
+                  "n/a" if math.isnan(r["p_holm"]) else f"{r['p_holm']:.3g}", _ms(r["detectable"]), r["verdict"],
+                  style="bold red" if r["verdict"] == "regression" else None)
     console.print(t)
-    cells = c.cells[c.cells["significant"]] if len(c.cells) else c.cells
-    console.print(f"{len(c.cells)} cell-metrics compared, {len(cells)} significant, "
-                  f"{int(c.cells['regression'].sum()) if len(c.cells) else 0} regressions per cell")
+    flagged = c.tests[(c.tests["level"] == "cell") & c.tests["verdict"].isin(["regression", "improvement"])] \
+        if len(c.tests) else c.tests
+    for _, r in flagged.iterrows():
+        console.print(f"cell {r['verdict']}: {r['backend']} dp{r['dp_size']} {r['mode']} {r['pause_point']} "
+                      f"{r['max_tokens']} tok x{r['concurrency']} cc={r['clear_cache']} {r['metric']}: "
+                      f"{_ms(r['delta'])} ms ({_ci(r)})")
     for _, r in c.contract.iterrows():
-        console.print(f"[bold red]contract changed:[/bold red] {r.to_dict()}")
+        style = "bold red" if r["status"] == "broke" else "yellow"
+        console.print(f"[{style}]contract {r['status']}:[/{style}] {r['backend']} dp{r['dp_size']} {r['mode']} "
+                      f"{r['pause_point']}: not ok {r['not_ok_base']} -> {r['not_ok_new']}, "
+                      f"leak {r['leak_base']} -> {r['leak_new']}")
     for m in c.missing:
         console.print(f"missing: {m}")
+    console.print(("[bold red]" if c.regressed else "") + verdict_line(c))

@@ -54,6 +54,7 @@ def environment() -> dict:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "injected_pause_delay_s": vllm_compat.injected_pause_delay(),
+        "injected_resume_delay_s": vllm_compat.injected_resume_delay(),
     }
 
 
@@ -75,4 +76,7 @@ def execution(meta: dict) -> str:
 def setup_label(meta: dict) -> str:
     """What a figure may not mix: device, vLLM version, model and how the engine runs."""
     model = Path(str(meta.get("model", "?"))).name
-    return f"{meta.get('device', '?')}, vLLM {meta.get('vllm_version', '?')}, {model}, {execution(meta)}"
+    injected = [f"+{meta[k] * 1e3:g} ms before {what} (injected)" for k, what in
+                (("injected_pause_delay_s", "pause"), ("injected_resume_delay_s", "resume")) if meta.get(k)]
+    return ", ".join([f"{meta.get('device', '?')}, vLLM {meta.get('vllm_version', '?')}, {model}, {execution(meta)}",
+                      *injected])

@@ -412,30 +412,32 @@ def leak(data: Runs, out: Path) -> list[Path]:
     return _save(fig, out, "leak", data)
 
 
-def plot_versions(dirs: list[Path], out: Path) -> list[Path]:
-    """Each headline metric's per-cell medians against the runs' vLLM versions."""
-    labels, tables = [], []
-    for d in dirs:
-        runs, *_, meta = results.load(d)
-        labels.append(f"{meta.get('vllm_version', '?')}\n{Path(d).name}")
-        tables.append(results.measured(runs))
-    fig, axes = plt.subplots(1, len(summary.TIMING), figsize=(4.2 * len(summary.TIMING), 4.2), squeeze=False)
-    for ax, metric in zip(axes[0], summary.TIMING):
+def plot_versions(sides: list, out: Path) -> list[Path]:
+    """Each timing metric per version (:class:`bench_pause.compare.Side`): one point per engine
+    run and cell (the run's median over its repeats), so run-to-run spread is what the eye
+    compares; the line joins the median over cells and runs."""
+    from bench_pause.compare import TIMING, per_run
+    fig, axes = plt.subplots(1, len(TIMING), figsize=(4.2 * len(TIMING), 4.2), squeeze=False)
+    labels = [f"{s.name}\n{s.n} run(s)" for s in sides]
+    for ax, metric in zip(axes[0], TIMING):
+        values = [per_run(s, metric) for s in sides]
         for mode, color in MODE_COLORS.items():
             for backend, marker in (("offline", "o"), ("http", "s")):
-                meds = [t[(t["mode"] == mode) & (t["backend"] == backend)].groupby(summary.CELL)[metric].median()
-                        for t in tables]
-                for x, m in enumerate(meds):
-                    ax.scatter(np.full(len(m), x), m.to_numpy() * 1e3, color=color, marker=marker, s=12, alpha=0.6,
-                               label=f"{backend} {mode}" if x == 0 else None)
-                if all(len(m) for m in meds):
-                    ax.plot(range(len(meds)), [np.median(m) * 1e3 for m in meds], color=color, alpha=0.8)
+                ix = summary.CELL.index
+                picked = [np.concatenate([v for k, v in vals.items() if k[ix("mode")] == mode
+                                          and k[ix("backend")] == backend] or [np.empty(0)]) for vals in values]
+                rng = np.random.default_rng(0)
+                for x, pts in enumerate(picked):
+                    ax.scatter(x + rng.uniform(-0.12, 0.12, len(pts)), pts * 1e3, color=color, marker=marker, s=10,
+                               alpha=0.5, label=f"{backend} {mode}" if x == 0 and len(pts) else None)
+                if all(len(p) for p in picked):
+                    ax.plot(range(len(picked)), [np.median(p) * 1e3 for p in picked], color=color, alpha=0.8)
         ax.set_xticks(range(len(labels)), labels, fontsize=7)
         ax.set_title(metric)
-        ax.set_ylabel("ms (per-cell medians)")
+        ax.set_ylabel("ms (per run and cell)")
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("Pause metrics across vLLM versions (lines: median of cell medians)")
+    fig.suptitle("Pause metrics per version: one point per engine run and cell (lines: median)")
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "versions.png", out / "versions.svg"]

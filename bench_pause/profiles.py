@@ -25,6 +25,12 @@ PROFILES: dict[str, Grid] = {
     "gpu": Grid(backends=("offline", "http"), dp_sizes=(1,), modes=("keep", "abort", "wait"),
                 pause_points=("tokens:50",), max_tokens=(200,), concurrency=(8,), holds=(1.0,),
                 clear_cache=(True, False), repeats=5),
+    # One engine run of an interleaved version comparison on a GPU (`interleave`): the gpu grid
+    # held 0.5 s, 3 repeats, 15 pauses per engine. The unit of replication is the engine run,
+    # so a comparison buys power with rounds (engine starts), not with repeats.
+    "compare": Grid(backends=("offline", "http"), dp_sizes=(1,), modes=("keep", "abort", "wait"),
+                    pause_points=("tokens:50",), max_tokens=(200,), concurrency=(8,), holds=(0.5,),
+                    clear_cache=(True, False), repeats=3),
     # Data parallelism on two GPUs: the gpu grid at dp 1 and 2, and on the dp 2 engines the
     # edge cycles that deadlocked DP engines upstream (idle, double resume, double pause, and
     # back to back: hold 0), keep and abort, twice each: 41 pauses per dp 2 engine.

@@ -141,6 +141,17 @@ def _existing(run_dir: Path) -> RunDir:
     return RunDir(run_dir)
 
 
+def run_dirs(path: Path) -> list[Path]:
+    """``path`` if it is a run directory, else every run directory beneath it (a version's
+    runs, or a comparison directory made by ``interleave``), in name order."""
+    path = Path(path)
+    if (path / RUNS).exists():
+        return [path]
+    if not path.is_dir():
+        return []
+    return [d for sub in sorted(path.iterdir()) if sub.is_dir() for d in run_dirs(sub)]
+
+
 def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """runs, tokens, events and meta of a finished (or interrupted) run directory."""
     rd = _existing(run_dir)

@@ -24,9 +24,11 @@ from bench_pause.scenario import ScenarioError
 MODE_API = "mode"
 LEGACY_API = "wait_for_inflight_requests"
 
-# Test-only hook: seconds added before every pause call, to prove that `compare` flags a
-# known slowdown. Recorded in meta.json whenever it is set, so it cannot pass unnoticed.
+# Test-only hooks: seconds added before every pause call and before every resume call, to
+# prove that `compare` flags a known slowdown (its calibration). Recorded in meta.json, so a
+# slowed run cannot pass for a real one.
 INJECT_ENV = "BENCH_PAUSE_INJECT_PAUSE_DELAY_S"
+INJECT_RESUME_ENV = "BENCH_PAUSE_INJECT_RESUME_DELAY_S"
 
 
 class VllmError(RuntimeError):
@@ -35,6 +37,10 @@ class VllmError(RuntimeError):
 
 def injected_pause_delay() -> float:
     return float(os.environ.get(INJECT_ENV, "0") or 0)
+
+
+def injected_resume_delay() -> float:
+    return float(os.environ.get(INJECT_RESUME_ENV, "0") or 0)
 
 
 def vllm_version() -> str:
@@ -92,8 +98,15 @@ def pause_kwargs(api: str, mode: str, clear_cache: bool) -> dict:
 
 
 async def before_pause() -> None:
-    """Where the test-only delay is injected, for every backend alike."""
+    """Where the test-only pause delay is injected, for every backend alike."""
     delay = injected_pause_delay()
+    if delay:
+        await asyncio.sleep(delay)
+
+
+async def before_resume() -> None:
+    """Where the test-only resume delay is injected, for every backend alike."""
+    delay = injected_resume_delay()
     if delay:
         await asyncio.sleep(delay)
 

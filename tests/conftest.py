@@ -82,7 +82,7 @@ def second_http_session(loop, engine_config, tmp_path_factory):
     loop.run_until_complete(session.close())
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def measure_on(loop):
     """measure_on(session, scenario) -> Measurement, on the shared loop; like the sweep,
     a pause that missed the first request is measured again (the last attempt counts), up to

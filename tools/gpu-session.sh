@@ -14,6 +14,10 @@
 #                                             #   and qwen3-30b-a3b on GPU 1 at the same time
 #   bash tools/gpu-session.sh fleet MODEL     # two GPUs: one dev-mode server per GPU, paused together
 #                                             #   (--url twice), the gpu profile over HTTP
+#   bash tools/gpu-session.sh cmp [MODEL]     # one GPU: vLLM 0.25.1 against 0.26.0, interleaved, plus
+#                                             #   the calibration (0.26.0 against itself and with 2, 5,
+#                                             #   10 ms injected) on the offline backend, then 0.25.1 vs
+#                                             #   0.26.0 and A/A over HTTP; resumable, call it again
 # Needs vLLM installed from a bundle (tools/vllm-bundle) and BENCH_PAUSE_COMMIT set to the
 # commit the working tree came from when it travels without .git.
 set -uo pipefail
@@ -66,6 +70,27 @@ case ${1:-info} in
     timeout "$LIMIT_S" python3 -m bench_pause run --profile dp --dp 2 --model "$model" --startup-timeout 240 \
       --out "results/$MACHINE-v$VLLM_VERSION-dp2-$model" 2>&1 | tail -70
     pack "dp2-$model" "results/$MACHINE-v$VLLM_VERSION-dp2-$model"
+    ;;
+  cmp)
+    model=${2:-qwen3-8b}
+    deadline=$((SECONDS + LIMIT_S))
+    H=${VLLM_BUNDLE_HOME:-$HOME}
+    envs=(--env "0.26.0=$H/vllm-0.26.0/env.sh" --env "0.26.0-again=$H/vllm-0.26.0/env.sh"
+          --env "0.25.1=$H/vllm-0.25.1/env.sh")
+    cal=()
+    for ms in 2 5 10; do cal+=(--env "0.26.0+${ms}ms=$H/vllm-0.26.0/env.sh" --inject "0.26.0+${ms}ms=$ms"); done
+    for backend in offline http; do
+      left=$((deadline - SECONDS))
+      [ "$left" -lt 90 ] && break
+      extra=(); [ "$backend" = offline ] && extra=("${cal[@]}")
+      timeout -k 40 "$left" python3 -m bench_pause interleave "${envs[@]}" "${extra[@]}" --rounds "${ROUNDS:-3}" \
+        --resume --out "results/gpu-cmp-$backend-$model" -- --profile compare --backend "$backend" \
+        --model "$model" --startup-timeout 300 2>&1 | tail -60
+      code=${PIPESTATUS[0]}
+      echo "interleave $backend exit $code"
+      [ "$code" = 0 ] || break
+    done
+    pack cmp results/gpu-cmp-*-"$model"
     ;;
   dp1)
     i=0

@@ -201,6 +201,7 @@ class HttpSession(Session):
         return await self._post("/pause", vllm_compat.pause_kwargs(self.api, mode, clear_cache))
 
     async def resume(self) -> str:
+        await vllm_compat.before_resume()
         return await self._post("/resume")
 
     async def is_paused(self) -> bool:

@@ -85,6 +85,7 @@ class OfflineSession(Session):
         return ""
 
     async def resume(self) -> str:
+        await vllm_compat.before_resume()
         await self.engine.resume_generation()
         return ""
 
