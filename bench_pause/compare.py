@@ -33,8 +33,12 @@ import pandas as pd
 
 from bench_pause import results, stats, summary
 
-TIMING = ["pause_api_s", "quiesce_s", "gap_excess_s", "resume_ttft_s", "resume_all_s"]
+# The pause call and the resume call as the trainer sees them, and what the engine does
+# around them. resume_api_s is here because a slower resume call is paid on every cycle
+# (and because it is where a delay before the call shows whole: see docs/compare).
+TIMING = ["pause_api_s", "quiesce_s", "gap_excess_s", "resume_api_s", "resume_ttft_s", "resume_all_s"]
 GROUP = ["backend", "dp_size", "mode"]
+PLANNED_MS = (2, 5)  # slowdowns for which the report says how many runs per side would find them
 PLAN = "interleave.json"  # written by bench_pause.interleave in a comparison directory
 
 
@@ -86,11 +90,16 @@ def load_side(dirs: list[Path], label: str | None = None) -> Side:
 
 
 def comparison_sides(path: Path) -> list[Side]:
-    """The sides of an interleaved comparison directory, in the order its plan names them."""
+    """The sides of an interleaved comparison directory, in the order its plan names them:
+    each variant's runs that finished. An interrupted or failed run is left out (it holds
+    part of the grid, so its cells would not pool with the others'); a run the plan does
+    not list (copied in by hand) counts."""
     plan = json.loads((Path(path) / PLAN).read_text())
+    status = {k: v.get("status") for k, v in plan.get("runs", {}).items()}
     sides = []
     for v in plan["variants"]:
-        dirs = results.run_dirs(Path(path) / v["name"])
+        dirs = [d for d in results.run_dirs(Path(path) / v["name"])
+                if status.get(f"{v['name']}/{d.name}", "done") == "done"]
         if dirs:
             sides.append(load_side(dirs, v["name"]))
     return sides
@@ -143,6 +152,8 @@ def _verdicts(rows: list[dict], th: Thresholds) -> None:
         w: stats.Welch = r.pop("_welch")
         r["p_holm"] = p_adj
         r["detectable"] = w.detectable(alpha / m)
+        for ms in PLANNED_MS:
+            r[f"runs_for_{ms}ms"] = stats.runs_needed(w.sd, ms / 1e3, alpha / m)
         rejected = not math.isnan(p_adj) and p_adj < alpha
         if rejected and r["delta"] > r["threshold"]:
             r["verdict"] = "regression"
@@ -218,13 +229,17 @@ def _ci(r: pd.Series) -> str:
     return f"{_ms(r['ci_low'])} to {_ms(r['ci_high'])}" if math.isfinite(r["ci_low"]) else "n/a"
 
 
-def _row(r: pd.Series, keys: list[str]) -> str:
-    ci = _ci(r)
+def _runs(n: float) -> str:
+    return "n/a" if math.isnan(n) else (">100" if math.isinf(n) else str(int(n)))
+
+
+def _row(r: pd.Series, keys: list[str], planned: bool = False) -> str:
     p = "n/a" if math.isnan(r["p_holm"]) else f"{r['p_holm']:.3g}"
-    cols = [str(int(r[k])) if k == "cells" else str(r[k]) for k in keys] + [r["metric"], _ms(r["base"]), _ms(r["new"]), _ms(r["delta"]), ci, p,
-                                        _ms(r["detectable"]), f"**{r['verdict']}**" if r["verdict"] in
-                                        ("regression", "improvement") else r["verdict"]]
-    return "| " + " | ".join(cols) + " |"
+    verdict = f"**{r['verdict']}**" if r["verdict"] in ("regression", "improvement") else r["verdict"]
+    cols = [str(int(r[k])) if k == "cells" else str(r[k]) for k in keys]
+    cols += [r["metric"], _ms(r["base"]), _ms(r["new"]), _ms(r["delta"]), _ci(r), p, _ms(r["detectable"])]
+    cols += [_runs(r[f"runs_for_{ms}ms"]) for ms in PLANNED_MS] if planned else []
+    return "| " + " | ".join(cols + [verdict]) + " |"
 
 
 def verdict_line(c: Comparison) -> str:
@@ -246,11 +261,13 @@ def markdown(c: Comparison, th: Thresholds) -> str:
              f"(family-wise {th.alpha:g} in all). Regression: rejected and slower by more than "
              f"{th.min_delta_s * 1e3:g} ms and {100 * (th.factor - 1):g} % of the base. *detectable*: the "
              "smallest slowdown the test finds with 80 % power; *underpowered* where that exceeds the "
-             "threshold.", "",
+             "threshold; *runs for N ms*: engine runs per side that would find a slowdown of N ms with 80 % power, "
+             "at the run-to-run spread seen here.", "",
              "### Pooled per backend, dp size and mode", "",
-             "| backend | dp | mode | cells | " + " | ".join(head) + " |", "|" + "---|" * (len(head) + 4)]
+             "| backend | dp | mode | cells | " + " | ".join(head[:-1] + [f"runs for {ms} ms" for ms in PLANNED_MS])
+             + " | verdict |", "|" + "---|" * (len(head) + 4 + len(PLANNED_MS))]
     groups = c.tests[c.tests["level"] == "group"] if len(c.tests) else c.tests
-    lines += [_row(r, [*GROUP, "cells"]) for _, r in groups.iterrows()]
+    lines += [_row(r, [*GROUP, "cells"], planned=True) for _, r in groups.iterrows()]
     keys = ["backend", "dp_size", "mode", "pause_point", "max_tokens", "concurrency", "clear_cache"]
     lines += ["", "### Per cell", "", "| " + " | ".join(["backend", "dp", "mode", "pause at", "max tok", "conc",
                                                          "clear cache", *head]) + " |", "|" + "---|" * (len(head) + 7)]

@@ -196,14 +196,18 @@ class Interleave:
             self.child.send_signal(signum)
 
     def _wait_child(self) -> int:
-        """The child's exit status; after a signal it gets STOP_GRACE_S to close its engine."""
-        while True:
+        """The child's exit status; after a signal it gets STOP_GRACE_S to close its engine
+        (measured from the signal, not from the poll it interrupted), then its group is killed."""
+        while not self.signal:
             try:
-                return self.child.wait(timeout=STOP_GRACE_S if self.signal else 1.0)
+                return self.child.wait(timeout=1.0)
             except subprocess.TimeoutExpired:
-                if self.signal:
-                    os.killpg(self.child.pid, signal.SIGKILL)
-                    return self.child.wait(timeout=30)
+                continue
+        try:
+            return self.child.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.child.pid, signal.SIGKILL)
+            return self.child.wait(timeout=30)
 
     def run_one(self, round_no: int, variant: Variant) -> int:
         out = self.out / variant.name / run_name(round_no)

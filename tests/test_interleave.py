@@ -103,7 +103,8 @@ def test_interrupted_comparison_resumes_and_compare_reads_it(tmp_path):
     stdout, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 143, stdout + stderr
     plan = json.loads((out / "interleave.json").read_text())
-    assert "interrupted" in {r["status"] for r in plan["runs"].values()}
+    # The run got the signal and closed its engine itself (143), not killed mid-sweep (-9).
+    assert [(r["status"], r["exit"]) for r in plan["runs"].values() if r["status"] != "done"] == [("interrupted", 143)]
     assert not [p for p in procs.vllm_processes() if p not in _shared_pids]
 
     r = bench_pause(*args[:-len(RUN) - 1], "--resume", "--", *RUN, timeout=600)

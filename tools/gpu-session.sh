@@ -18,6 +18,9 @@
 #                                             #   the calibration (0.26.0 against itself and with 2, 5,
 #                                             #   10 ms injected) on the offline backend, then 0.25.1 vs
 #                                             #   0.26.0 and A/A over HTTP; resumable, call it again
+# A step that resumes (cmp) continues from the run directories in the working tree: unpack
+# each call's tarball into the checkout before the next call, since the tree that travels
+# with a call replaces the host's copy (forgetting it once made a call repeat the previous one).
 # Needs vLLM installed from a bundle (tools/vllm-bundle) and BENCH_PAUSE_COMMIT set to the
 # commit the working tree came from when it travels without .git.
 set -uo pipefail
