@@ -328,12 +328,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_run_options(run_args: list[str]) -> None:
+    """The options interleave passes to every run, checked by the run command's own parser
+    and grid, so a bad one fails in one line before any engine starts."""
+    from bench_pause.interleave import RESERVED
+    for flag in RESERVED:
+        if any(a == flag or a.startswith(flag + "=") for a in run_args):
+            raise ScenarioError(f"{flag} is set by interleave for each run; leave it out of the run options")
+    try:
+        args = parser().parse_args(["run", *_join_engine_args(run_args)])
+    except SystemExit:
+        raise ScenarioError(f"run options not understood: {' '.join(run_args)}") from None
+    _grid(args).scenarios()  # a bad axis value fails here
+
+
 def cmd_interleave(args: argparse.Namespace) -> int:
     from bench_pause import interleave
     run_args = args.run_args[1:] if args.run_args[:1] == ["--"] else args.run_args
     if args.rounds < 1:
         raise ScenarioError("--rounds must be at least 1")
-    interleave.check_run_args(run_args)
+    check_run_options(run_args)
     variants = interleave.read_versions(interleave.parse_variants(args.envs, args.inject))
     job = interleave.Interleave.create(args.out, variants, args.rounds, args.seed, run_args, args.resume)
     code = job.run()

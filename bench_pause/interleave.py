@@ -110,19 +110,6 @@ def parse_variants(envs: list[str], injects: list[str]) -> list[Variant]:
     return list(variants.values())
 
 
-def check_run_args(run_args: list[str]) -> None:
-    """The arguments every run gets, checked by the run command's own parser and grid."""
-    from bench_pause import cli
-    for flag in RESERVED:
-        if any(a == flag or a.startswith(flag + "=") for a in run_args):
-            raise ScenarioError(f"{flag} is set by interleave for each run; leave it out of the run options")
-    try:
-        args = cli.parser().parse_args(["run", *cli._join_engine_args(run_args)])
-    except SystemExit:
-        raise ScenarioError(f"run options not understood: {' '.join(run_args)}") from None
-    cli._grid(args).scenarios()  # a bad axis value fails here, before any engine starts
-
-
 def read_versions(variants: list[Variant], timeout: float = 120.0) -> list[Variant]:
     """Each environment's vLLM version, without importing vLLM (seconds, not minutes)."""
     out = []

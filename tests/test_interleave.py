@@ -60,8 +60,9 @@ def test_each_round_is_every_variant_once_in_its_own_seeded_order():
                                              (["--mode", "freeze"], "unknown pause mode"),
                                              (["--no-such-option"], "not understood")])
 def test_run_options_are_checked_before_anything_runs(run_args, needle):
+    from bench_pause import cli
     with pytest.raises(ScenarioError, match=needle):
-        interleave.check_run_args(run_args)
+        cli.check_run_options(run_args)
 
 
 def test_an_env_file_is_sourced_and_this_checkout_is_imported(tmp_path):
