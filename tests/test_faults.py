@@ -121,9 +121,15 @@ def test_a_stalled_stream_times_out(offline_session, measure_on):
     assert m.engine_broken and len(m.tokens) > 5
 
 
+def _as_in_a_terminal() -> None:
+    """Ctrl-C reaches the command as in a terminal: a test run started in the background of a
+    script (`make test &`) ignores SIGINT, and a child would inherit that and never see it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def bench_pause_proc(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "bench_pause", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_as_in_a_terminal)
 
 
 def wait_rows(path, n: int, proc: subprocess.Popen, timeout: float = 240) -> None:
