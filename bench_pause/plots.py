@@ -93,6 +93,8 @@ def _representative(measured: pd.DataFrame, backend: str, mode: str) -> pd.Serie
 def timeline(data: Runs, out: Path) -> list[Path]:
     """Token arrivals per request against time around one typical pause per mode and backend."""
     backends = sorted(data.plain["backend"].unique())
+    if not backends:  # only edge cycles or arrivals in these runs: no plain pause to draw
+        return []
     fig, axes = plt.subplots(len(MODES), len(backends), figsize=(6.5 * len(backends), 2.6 * len(MODES)),
                              squeeze=False, sharex=True)
     for col, backend in enumerate(backends):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -53,3 +54,10 @@ def test_report_command(tmp_path):
     assert (tmp_path / "index.md").exists()
     r = bench_pause("plot", tmp_path, "--out", tmp_path, timeout=120)
     assert r.returncode == 2 and "not a bench-pause run directory" in r.stderr
+
+
+def test_a_report_of_edge_cycles_only_has_no_timeline_and_does_not_fail(tmp_path):
+    # The committed dp 2 edge-cycle run (idle, double pause, double resume) has no normal pause.
+    edge = Path(__file__).parent.parent / "results" / "cpu-v0.32.0-edge-cycles-dp2"
+    text = report.write([edge], tmp_path).read_text()
+    assert "cpu-v0.32.0-edge-cycles-dp2" in text and "timeline.png" not in text
