@@ -56,13 +56,19 @@ def test_engine_dying_mid_sweep_keeps_measurements(engine_config, loop, tmp_path
     assert progress.killed
     runs = results.load(tmp_path)[0]
     measured = results.measured(runs)
-    assert measured["ok"].iloc[:2].all()
-    assert not measured["ok"].iloc[2] and measured["error"].iloc[2]
+    # Which cell the kill lands in depends on how many attempts a starved host missed (a cell
+    # whose attempts all missed has no measured row), so the check is by property, not position:
+    # one measured pause carries the error, every one before it is ok and kept.
+    failed = measured[measured["error"].fillna("") != ""]
+    assert len(failed) == 1 and not failed["ok"].iloc[0]
+    at = measured.index.get_loc(failed.index[0])
+    assert measured["ok"].iloc[:at].all()
     meta = results.read_meta(tmp_path)
     if fail_fast:
-        assert outcome.stopped_early and len(measured) == 3 and len(meta["engines"]) == 1
+        assert outcome.stopped_early and at == len(measured) - 1 and len(meta["engines"]) == 1
     else:
-        assert len(measured) == 4 and measured["ok"].iloc[3] and len(meta["engines"]) == 2
+        # A second engine was started and everything it measured is ok.
+        assert len(meta["engines"]) == 2 and (runs["engine"] == 1).any() and measured["ok"].iloc[at + 1:].all()
 
 
 class DelayFirstCell(sweep.Progress):
