@@ -196,12 +196,15 @@ class Interleave:
             os.killpg(self.child.pid, signal.SIGKILL)
             return self.child.wait(timeout=30)
 
+    def log(self, name: str, round_no: int) -> Path:
+        return self.out / "logs" / f"{name}-{run_name(round_no)}.log"
+
     def run_one(self, round_no: int, variant: Variant) -> int:
         out = self.out / variant.name / run_name(round_no)
         args = ["run", *self.plan["run_args"], "--out", str(out), "--seed", str(self.plan["seed"] + round_no)]
         if (out / "meta.json").exists():
             args.append("--resume")
-        log = self.out / "logs" / f"{variant.name}-{run_name(round_no)}.log"
+        log = self.log(variant.name, round_no)
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as fh:
             self.child = subprocess.Popen(variant.python(["-m", "bench_pause", *args]), env=variant.environ(),
@@ -237,8 +240,7 @@ class Interleave:
                                               "started": started, "ended": now(),
                                               "wall_s": round(time.monotonic() - t0, 1)}
                     self.save()
-                    self.say(f"  {status} in {time.monotonic() - t0:.0f} s (exit {code}; log "
-                             f"{self.out / 'logs' / f'{name}-{run_name(r)}.log'})")
+                    self.say(f"  {status} in {time.monotonic() - t0:.0f} s (exit {code}; log {self.log(name, r)})")
                     if code == EXIT_USAGE:
                         return EXIT_USAGE
                     failed += status == "failed"
