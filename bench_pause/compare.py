@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench_pause import results, stats, summary
+from bench_pause import meta, results, stats, summary
 
 # The pause call and the resume call as the trainer sees them, and what the engine does
 # around them. resume_api_s is here because a slower resume call is paid on every cycle
@@ -72,19 +72,16 @@ class Side:
         return f"{self.name} ({_describe(self.metas[0])})"
 
 
-def _describe(meta: dict) -> str:
-    extra = ", ".join(f"+{meta[k] * 1e3:g} ms {what}" for k, what in
-                      (("injected_pause_delay_s", "before pause"), ("injected_resume_delay_s", "before resume"))
-                      if meta.get(k))
-    return f"vLLM {meta.get('vllm_version', '?')}" + (f", {extra}" if extra else "")
+def _describe(info: dict) -> str:
+    return ", ".join([f"vLLM {info.get('vllm_version', '?')}", *meta.injected_delays(info)])
 
 
 def load_side(dirs: list[Path], label: str | None = None) -> Side:
     frames, metas = [], []
     for i, d in enumerate(dirs):
-        runs, *_, meta = results.load(d)
+        runs, *_, info = results.load(d)
         frames.append(results.measured(runs).assign(run=i))
-        metas.append(meta)
+        metas.append(info)
     name = label or (Path(dirs[0]).name if len(dirs) == 1 else Path(dirs[0]).parent.name)
     return Side(name, list(map(Path, dirs)), pd.concat(frames, ignore_index=True), metas)
 
@@ -183,13 +180,12 @@ def _contract(base: pd.DataFrame, new: pd.DataFrame, cell: dict) -> dict | None:
 
 
 def compare(base: Side, new: Side, th: Thresholds = Thresholds()) -> Comparison:
-    keys = lambda s: {tuple(k) for k in s.runs[summary.CELL].drop_duplicates().itertuples(index=False)}  # noqa: E731
-    bkeys, nkeys = keys(base), keys(new)
+    bg, ng = base.runs.groupby(summary.CELL), new.runs.groupby(summary.CELL)
+    bkeys, nkeys = set(bg.groups), set(ng.groups)
     missing = [f"only in {base.label}: {k}" for k in sorted(bkeys - nkeys, key=str)]
     missing += [f"only in {new.label}: {k}" for k in sorted(nkeys - bkeys, key=str)]
     common = sorted(bkeys & nkeys, key=str)
 
-    bg, ng = base.runs.groupby(summary.CELL), new.runs.groupby(summary.CELL)
     contract = [c for key in common
                 if (c := _contract(bg.get_group(key), ng.get_group(key), dict(zip(summary.CELL, key))))]
 

@@ -73,10 +73,15 @@ def execution(meta: dict) -> str:
     return "eager" if flags and flags[-1] == "--enforce-eager" else "CUDA graphs"
 
 
+def injected_delays(meta: dict) -> list[str]:
+    """The test hook's delays a run was measured with, e.g. ``+5 ms before pause``."""
+    return [f"+{meta[k] * 1e3:g} ms before {what}" for k, what in
+            (("injected_pause_delay_s", "pause"), ("injected_resume_delay_s", "resume")) if meta.get(k)]
+
+
 def setup_label(meta: dict) -> str:
     """What a figure may not mix: device, vLLM version, model and how the engine runs."""
     model = Path(str(meta.get("model", "?"))).name
-    injected = [f"+{meta[k] * 1e3:g} ms before {what} (injected)" for k, what in
-                (("injected_pause_delay_s", "pause"), ("injected_resume_delay_s", "resume")) if meta.get(k)]
+    injected = [f"{delay} (injected)" for delay in injected_delays(meta)]
     return ", ".join([f"{meta.get('device', '?')}, vLLM {meta.get('vllm_version', '?')}, {model}, {execution(meta)}",
                       *injected])
