@@ -192,7 +192,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         asyncio.run(_check_urls(cfg))
     for line in plan.skipped:
         progress.say(line)
-    code = _run_async(sweep.run(plan, progress), progress)
+    code = _run_async(lambda stop: sweep.run(plan, progress, stop), progress)
     if (out / results.RUNS).exists():
         runs = results.load(out)[0]
         summary.print_table(summary.cells(runs), f"p50 / p90 / max per scenario ({out})")
@@ -216,30 +216,43 @@ async def _check_urls(cfg) -> None:
             await session.close()
 
 
-def _run_async(coro, progress) -> int:
-    """Run the sweep; SIGTERM and Ctrl-C cancel it so every session closes first."""
-    got = {}
+def _run_async(sweep_run, progress) -> int:
+    """Run the sweep (``sweep_run(stop)`` makes its coroutine); SIGTERM and Ctrl-C cancel it
+    so every session closes first.
+
+    One cancel is not enough on Python 3.11: ``asyncio.wait_for`` swallows a cancel that
+    lands as its awaited call completes, and the sweep ran on to the end and exited 0 (seen
+    in CI). So the signal also sets ``stop``, which the sweep checks before every cell, and a
+    signalled run exits 130/143 however it ended: --resume finishes what is left."""
+    got: dict[str, int] = {}
 
     async def main() -> object:
-        task = asyncio.current_task()
+        task, stop = asyncio.current_task(), asyncio.Event()
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, lambda: (got.setdefault("sig", EXIT_TERM), task.cancel()))
+
+        def on_signal(code: int) -> None:
+            got.setdefault("sig", code)
+            if not stop.is_set():
+                stop.set()
+                task.cancel()
+
+        for sig, code in ((signal.SIGINT, EXIT_INT), (signal.SIGTERM, EXIT_TERM)):
+            loop.add_signal_handler(sig, on_signal, code)
         try:
-            return await coro
+            return await sweep_run(stop)
         finally:
-            loop.remove_signal_handler(signal.SIGTERM)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
 
     try:
         outcome = asyncio.run(main())
-    except KeyboardInterrupt:
-        progress.stop()
-        progress.say("interrupted: measurements so far are on disk; continue with --resume")
-        return EXIT_INT
-    except asyncio.CancelledError:
-        progress.stop()
-        progress.say("terminated: measurements so far are on disk; continue with --resume")
-        return got.get("sig", EXIT_INT)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        got.setdefault("sig", EXIT_INT)
     progress.stop()
+    if got:
+        progress.say(("interrupted" if got["sig"] == EXIT_INT else "terminated")
+                     + ": measurements so far are on disk; continue with --resume")
+        return got["sig"]
     if outcome.engine_failures or outcome.stopped_early:
         for failure in outcome.engine_failures:
             progress.say(f"engine failure: {failure.splitlines()[0]}")

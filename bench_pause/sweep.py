@@ -10,6 +10,7 @@ recorded against the cell that saw it and restarted (or the sweep stops, with
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 import os
@@ -156,8 +157,9 @@ class Outcome:
     stopped_early: bool = False
 
 
-async def run(p: Plan, progress: Progress | None = None) -> Outcome:
-    """Run the planned sweep; every measurement is on disk as soon as it is made."""
+async def run(p: Plan, progress: Progress | None = None, stop: asyncio.Event | None = None) -> Outcome:
+    """Run the planned sweep; every measurement is on disk as soon as it is made. Once
+    ``stop`` is set the sweep raises CancelledError before its next cell (closing its engine)."""
     progress = progress or Progress()
     cfg = p.config
     rundir = RunDir(cfg.out)
@@ -184,6 +186,7 @@ async def run(p: Plan, progress: Progress | None = None) -> Outcome:
         for (backend, dp_size), cells in p.groups.items():
             queue, stalls = list(cells), 0
             while queue:
+                _check(stop)
                 if stalls == MAX_STALLS:
                     message = (f"{backend} dp{dp_size}: {MAX_STALLS} engines in a row broke before finishing "
                                f"a cell; {len(queue)} cells not measured")
@@ -209,7 +212,7 @@ async def run(p: Plan, progress: Progress | None = None) -> Outcome:
                 write_json(meta_path, info)
                 before = len(queue)
                 try:
-                    queue = await _run_cells(session, queue, rundir, engine_no, cfg, rng, progress, outcome)
+                    queue = await _run_cells(session, queue, rundir, engine_no, cfg, rng, progress, outcome, stop)
                 finally:
                     await session.close()
                 stalls = stalls + 1 if len(queue) == before else 0
@@ -224,8 +227,15 @@ async def run(p: Plan, progress: Progress | None = None) -> Outcome:
     return outcome
 
 
+def _check(stop: asyncio.Event | None) -> None:
+    """Stop at a cell boundary once a signal asked to (a swallowed cancel must not run on)."""
+    if stop is not None and stop.is_set():
+        raise asyncio.CancelledError("stopped by a signal")
+
+
 async def _run_cells(session: Session, queue: list[Scenario], rundir: RunDir, engine_no: int,
-                     cfg: SweepConfig, rng: random.Random, progress: Progress, outcome: Outcome) -> list[Scenario]:
+                     cfg: SweepConfig, rng: random.Random, progress: Progress, outcome: Outcome,
+                     stop: asyncio.Event | None) -> list[Scenario]:
     """Measure cells on one engine until done or the engine breaks; returns what is left."""
     pause_index = 0
     warm = queue[0]
@@ -237,6 +247,7 @@ async def _run_cells(session: Session, queue: list[Scenario], rundir: RunDir, en
         progress.say(f"[red]engine broke during warm-up:[/red] {m.metrics['error']}")
         return queue
     while queue:
+        _check(stop)
         sc = queue.pop(0)
         progress.cell(sc.label)
         t0, attempt = time.monotonic(), 0

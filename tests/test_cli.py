@@ -142,3 +142,32 @@ def test_a_url_off_loopback_is_warned_about(url, risky):
     assert bool(warning) == risky
     if risky:
         assert "/collective_rpc" in warning and url in warning
+
+
+def test_a_signal_stops_the_sweep_even_when_a_cancel_is_swallowed():
+    """Python 3.11's wait_for swallows a cancel that lands as its call completes: the sweep
+    ran on to the end and exited 0 (CI saw it). The signal's stop flag must still end the
+    run, with the signal's exit status."""
+    import asyncio
+    import signal
+    import time
+
+    from bench_pause import cli
+    from bench_pause.progress import RichProgress
+
+    stopped_at = {}
+
+    async def swallowing_sweep(stop: asyncio.Event):
+        asyncio.get_running_loop().call_later(0.1, os.kill, os.getpid(), signal.SIGTERM)
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            pass  # what wait_for does when its call has just finished
+        await asyncio.wait_for(stop.wait(), 5)
+        stopped_at["t"] = time.monotonic()
+        return object()  # never reached its end as a finished sweep: the exit status says so
+
+    t0 = time.monotonic()
+    assert cli._run_async(swallowing_sweep, RichProgress()) == cli.EXIT_TERM
+    assert stopped_at["t"] - t0 < 5
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
