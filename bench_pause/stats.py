@@ -81,6 +81,15 @@ def welch(base: np.ndarray, new: np.ndarray) -> Welch:
                  float(new.mean()) if len(new) else math.nan, se, df, sd)
 
 
+def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Mean of per-run values and the half-width of its t confidence interval (NaN with
+    fewer than two runs: one engine run says nothing about the next)."""
+    v = np.asarray(values, float)
+    if len(v) < 2:
+        return (float(v.mean()) if len(v) else math.nan, math.nan)
+    return float(v.mean()), float(sps.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
 def runs_needed(sd: float, effect: float, alpha: float, power: float = POWER, most: int = 100) -> float:
     """Runs per side for a two-sample t-test at two-sided level ``alpha`` to find a true
     difference ``effect`` with probability ``power``, given the run-to-run standard deviation

