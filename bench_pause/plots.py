@@ -450,18 +450,19 @@ def plot_versions(sides: list, out: Path) -> list[Path]:
     return _write(fig, out, "versions")
 
 
-def plot_history(table: pd.DataFrame, releases: list[str], comparisons: dict, out: Path) -> list[Path]:
-    """Each timing metric against the release (:func:`bench_pause.history.summarize`): per
-    mode the mean over engine runs of the runs' p50 (solid) and p90 (dashed) with 95 % CIs,
-    the largest pause (x), and a red ring on a release whose step from the one before is a
-    regression for that metric, backend and mode."""
-    from bench_pause.history import METRICS, NAMES
+def plot_history(table: pd.DataFrame, releases: list[str], comparisons: dict, names: dict[str, str],
+                 out: Path) -> list[Path]:
+    """Each timing metric of ``names`` (metric: title) against the release
+    (:func:`bench_pause.history.summarize`): per mode the mean over engine runs of the runs'
+    p50 (solid) and p90 (dashed) with 95 % CIs, the largest pause (x), and a red ring on a
+    release whose step from the one before is a regression for that metric, backend and mode."""
+    metrics = list(names)
     groups = list(table.groupby(["backend", "dp_size"], sort=False).groups)
-    fig, axes = plt.subplots(len(METRICS), len(groups), figsize=(5.5 * len(groups), 2.8 * len(METRICS)),
+    fig, axes = plt.subplots(len(metrics), len(groups), figsize=(5.5 * len(groups), 2.8 * len(metrics)),
                              squeeze=False, sharex=True)
     x = {r: i for i, r in enumerate(releases)}
     for col, (backend, dp) in enumerate(groups):
-        for row, metric in enumerate(METRICS):
+        for row, metric in enumerate(metrics):
             ax = axes[row][col]
             sel = table[(table["backend"] == backend) & (table["dp_size"] == dp) & (table["metric"] == metric)]
             lo, hi = sel[["p50", "max"]].min().min(), sel["max"].max()
@@ -486,7 +487,7 @@ def plot_history(table: pd.DataFrame, releases: list[str], comparisons: dict, ou
                         ax.scatter([x[rel]], [y * 1e3], s=120, facecolors="none", edgecolors="red", linewidths=1.5)
             if log:
                 ax.set_yscale("log")
-            ax.set_title(f"{backend} dp{dp}: {NAMES[metric]}", fontsize=9)
+            ax.set_title(f"{backend} dp{dp}: {names[metric]}", fontsize=9)
             ax.set_ylabel("ms")
             ax.grid(axis="y", alpha=0.3)
             ax.set_xticks(range(len(releases)), releases, fontsize=8)

@@ -55,6 +55,16 @@ def test_asv_quick_run_and_publish(tmp_path):
                 for sc in grid.scenarios()}
     combos = list(itertools.product(grid.dp_sizes, grid.modes, grid.pause_points, grid.max_tokens,
                                     grid.concurrency, grid.clear_cache, ["default"]))
+    from bench_pause import results
+    sweeps = {s.name.split("-")[1]: results.load(s)[0] for s in (tmp_path / "sweeps").iterdir()}
+
+    def missed_everywhere(backend: str, cell: tuple) -> bool:
+        runs = sweeps[backend.lower()]
+        keys = ["dp_size", "mode", "pause_point", "max_tokens", "concurrency", "clear_cache"]
+        tried = runs[~runs["warmup"].astype(bool)
+                     & (runs[keys].apply(tuple, axis=1) == tuple(cell))]
+        return len(tried) > 0 and bool(results.missed(tried).all())
+
     for backend in ("Offline", "Http"):
         for metric in ("pause_api_s", "quiesce_s", "gap_excess_s", "resume_ttft_s", "resume_all_s",
                        "preemptions", "leak_tokens", "not_ok", "stalls", "pause_api_p90_s", "pause_api_max_s",
@@ -68,7 +78,11 @@ def test_asv_quick_run_and_publish(tmp_path):
                     continue
                 if metric.startswith(("gap_excess", "resume_ttft", "resume_all")) and mode != "keep":
                     continue  # no gap when the requests are aborted or drained
-                assert value is not None and value == value, (backend, metric, combo)
+                if value is None or value != value:
+                    # Only where every attempt at the cell missed (a starved server streamed a
+                    # whole request before the pause reached it): recorded, never measured.
+                    assert missed_everywhere(backend, combo[:-1]), (backend, metric, combo)
+                    continue
                 if metric == "preemptions" and mode == "keep" and not clear_cache:
                     assert value == 0, (backend, combo)
                 if metric == "preemptions" and mode == "keep" and clear_cache and combo[2] != "prefill":
@@ -87,7 +101,6 @@ def test_asv_quick_run_and_publish(tmp_path):
                     assert value == 0, (backend, combo)
 
     # The sweeps behind it: at dp 2 the two requests go one to each rank, and both report.
-    from bench_pause import results
     for sweep in (tmp_path / "sweeps").iterdir():
         runs = results.measured(results.load(sweep)[0])
         dp2 = runs[runs["dp_size"] == 2]

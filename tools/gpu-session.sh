@@ -18,7 +18,10 @@
 #                                             #   the calibration (0.26.0 against itself and with 2, 5,
 #                                             #   10 ms injected) on the offline backend, then 0.25.1 vs
 #                                             #   0.26.0 and A/A over HTTP; resumable, call it again
-# A step that resumes (cmp) continues from the run directories in the working tree: unpack
+#   bash tools/gpu-session.sh history [MODEL] # one GPU: every release whose bundle is installed
+#                                             #   (~/vllm-X/env.sh), interleaved, --profile compare on
+#                                             #   $BACKENDS (default offline); resumable, call it again
+# A step that resumes (cmp, history) continues from the run directories in the working tree: unpack
 # each call's tarball into the checkout before the next call, since the tree that travels
 # with a call replaces the host's copy (forgetting it once made a call repeat the previous one).
 # Needs vLLM installed from a bundle (tools/vllm-bundle) and BENCH_PAUSE_COMMIT set to the
@@ -94,6 +97,20 @@ case ${1:-info} in
       [ "$code" = 0 ] || break
     done
     pack cmp results/gpu-cmp-*-"$model"
+    ;;
+  history)
+    model=${2:-qwen3-8b}
+    releases=()
+    for env in "${VLLM_BUNDLE_HOME:-$HOME}"/vllm-*/env.sh; do
+      r=${env%/env.sh}; releases+=(--release "${r##*/vllm-}")
+    done
+    out="results/$MACHINE-history-${BACKENDS:-offline}-$model"
+    resume=(); [ -f "$out/interleave.json" ] && resume=(--resume)
+    timeout -k 40 "$LIMIT_S" python3 -m bench_pause history "${releases[@]}" --rounds "${ROUNDS:-3}" "${resume[@]}" \
+      --out "$out" --publish "docs/history/$MACHINE" -- --profile compare --backend ${BACKENDS:-offline} \
+      --model "$model" --startup-timeout 300 2>&1 | tail -60
+    echo "history exit ${PIPESTATUS[0]}"
+    pack history "$out" "docs/history/$MACHINE"
     ;;
   dp1)
     i=0

@@ -1,0 +1,82 @@
+"""asv over a vLLM release history: the release is a benchmark parameter.
+
+``bench-pause history`` measures each release from its own environment in interleaved
+rounds; these benchmarks read that directory (BENCH_PAUSE_HISTORY) and give asv each
+release's values, one sample per engine run (the run's p50 or p90 over its pauses), so
+asv's median and confidence interval are over engine runs, the unit of replication. In
+asv's graph, choose "x-axis: release": the releases side by side at one bench-pause commit.
+
+Why a parameter and not asv's own axes: asv's commit axis is the commits of the project
+it benchmarks (bench-pause), not vLLM's releases, and its version matrix would have asv
+build and install every release again (3.9 GB each) and still plot them as separate lines
+over bench-pause commits. Without BENCH_PAUSE_HISTORY every combination is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    from bench_pause import compare, history
+except ImportError:  # not installed (a GPU box running from the checkout): use the checkout
+    sys.path.insert(0, str(ROOT))
+    from bench_pause import compare, history
+
+HISTORY = os.environ.get("BENCH_PAUSE_HISTORY", "")
+
+
+def _releases() -> list[str]:
+    plan = Path(HISTORY) / compare.PLAN
+    if not HISTORY or not plan.exists():
+        return ["none"]
+    return sorted((v["name"] for v in json.loads(plan.read_text())["variants"]), key=history.release_key)
+
+
+class History:
+    param_names = ["release", "backend", "mode"]
+    params = [_releases(), ["offline", "http"], ["keep", "abort", "wait"]]
+    number = 1
+    repeat = 1
+    timeout = 600
+
+    def setup_cache(self) -> pd.DataFrame:
+        if not (Path(HISTORY) / compare.PLAN).exists():
+            return pd.DataFrame()
+        return pd.concat([history.run_levels(s) for s in compare.comparison_sides(Path(HISTORY))],
+                         ignore_index=True)
+
+    def setup(self, levels: pd.DataFrame, release: str, backend: str, mode: str) -> None:
+        rows = levels[(levels["release"] == release) & (levels["backend"] == backend) & (levels["mode"] == mode)] \
+            if len(levels) else levels
+        if not len(rows):
+            raise NotImplementedError("no history (BENCH_PAUSE_HISTORY), or this release/backend/mode has no runs")
+        self.rows = rows
+
+    def _samples(self, metric: str, q: str) -> dict | float:
+        values = [float(v) for v in self.rows.loc[self.rows["metric"] == metric, q] if not math.isnan(float(v))]
+        return {"samples": values, "number": 1} if values else math.nan
+
+    def track_leak_tokens(self, *_: object) -> float:
+        return float(self.rows["leaked"].max())
+
+    track_leak_tokens.unit = "tokens"
+
+
+def _tracker(metric: str, q: str) -> object:
+    def track(self: History, *_: object) -> dict | float:
+        return self._samples(metric, q)
+    track.unit = "seconds"
+    track.__doc__ = f"{q} of {metric} over each engine run's pauses, one sample per run."
+    return track
+
+
+for _metric in history.METRICS:
+    for _q in ("p50", "p90"):
+        setattr(History, f"track_{_metric.removesuffix('_s')}_{_q}_s", _tracker(_metric, _q))
