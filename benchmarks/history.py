@@ -29,14 +29,15 @@ except ImportError:  # not installed (a GPU box running from the checkout): use 
     sys.path.insert(0, str(ROOT))
     from bench_pause import compare, history
 
-HISTORY = os.environ.get("BENCH_PAUSE_HISTORY", "")
+# asv runs benchmarks from a directory of its own: a relative path counts from the checkout.
+HISTORY = ROOT / os.environ["BENCH_PAUSE_HISTORY"] if os.environ.get("BENCH_PAUSE_HISTORY") else None
 
 
 def _releases() -> list[str]:
-    plan = Path(HISTORY) / compare.PLAN
-    if not HISTORY or not plan.exists():
+    if HISTORY is None or not (HISTORY / compare.PLAN).exists():
         return ["none"]
-    return sorted((v["name"] for v in json.loads(plan.read_text())["variants"]), key=history.release_key)
+    return sorted((v["name"] for v in json.loads((HISTORY / compare.PLAN).read_text())["variants"]),
+                  key=history.release_key)
 
 
 class History:
@@ -47,9 +48,9 @@ class History:
     timeout = 600
 
     def setup_cache(self) -> pd.DataFrame:
-        if not (Path(HISTORY) / compare.PLAN).exists():
+        if HISTORY is None or not (HISTORY / compare.PLAN).exists():
             return pd.DataFrame()
-        return pd.concat([history.run_levels(s) for s in compare.comparison_sides(Path(HISTORY))],
+        return pd.concat([history.run_levels(s) for s in compare.comparison_sides(HISTORY)],
                          ignore_index=True)
 
     def setup(self, levels: pd.DataFrame, release: str, backend: str, mode: str) -> None:
