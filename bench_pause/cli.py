@@ -380,12 +380,17 @@ def check_run_options(run_args: list[str]) -> Grid:
     return grid
 
 
-def cmd_interleave(args: argparse.Namespace) -> int:
-    from bench_pause import interleave
+def _rounds_and_run_options(args: argparse.Namespace) -> tuple[list[str], Grid]:
+    """interleave's and history's ``--rounds`` and ``-- RUN_OPTIONS``, checked; the options and their grid."""
     run_args = args.run_args[1:] if args.run_args[:1] == ["--"] else args.run_args
     if args.rounds < 1:
         raise ScenarioError("--rounds must be at least 1")
-    check_run_options(run_args)
+    return run_args, check_run_options(run_args)
+
+
+def cmd_interleave(args: argparse.Namespace) -> int:
+    from bench_pause import interleave
+    run_args, _ = _rounds_and_run_options(args)
     variants = interleave.read_versions(interleave.parse_variants(args.envs, args.inject))
     job = interleave.Interleave.create(args.out, variants, args.rounds, args.seed, run_args, args.resume)
     code = job.run()
@@ -395,13 +400,10 @@ def cmd_interleave(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     from bench_pause import compare, history, interleave
-    run_args = args.run_args[1:] if args.run_args[:1] == ["--"] else args.run_args
     code = 0
     if args.releases:
         releases = history.check_releases(args.releases)
-        if args.rounds < 1:
-            raise ScenarioError("--rounds must be at least 1")
-        grid = check_run_options(run_args)
+        run_args, grid = _rounds_and_run_options(args)
         interleave.check_out(args.out, args.resume)
         variants, left_out = history.environments(releases, grid.modes)
         if len(variants) < 2:

@@ -174,26 +174,24 @@ def _contract(base: pd.DataFrame, new: pd.DataFrame, cell: dict) -> dict | None:
     first token ends without a finish reason, and whether the second stream had its first
     token at the pause depends on the host), and one run in three showing one is
     "sporadic", reported but not exit 1 (0.32.0 against 0.31.0 on the 2-core host did this)."""
-    not_ok_b, not_ok_n = ~base["ok"].astype(bool), ~new["ok"].astype(bool)
-    bad_b, bad_n = int(not_ok_b.sum()), int(not_ok_n.sum())
+    def not_ok(side: pd.DataFrame) -> tuple[int, int, int]:  # pauses not ok, runs with one, runs
+        bad = ~side["ok"].astype(bool)
+        return int(bad.sum()), side.loc[bad, "run"].nunique(), side["run"].nunique()
+
+    (bad_b, runs_bad_b, runs_b), (bad_n, runs_bad_n, runs_n) = not_ok(base), not_ok(new)
     leak_b, leak_n = int(base["leak_tokens"].max()), int(new["leak_tokens"].max())
     if not (bad_b or bad_n or leak_b or leak_n):
         return None
-
-    def mostly(frame: pd.DataFrame, bad: pd.Series) -> bool:  # failing in more than half its runs
-        return 2 * frame.loc[bad, "run"].nunique() > frame["run"].nunique()
-
     if leak_n and not leak_b:
         status = "broke"
     elif bad_n and not bad_b:
-        status = "broke" if mostly(new, not_ok_n) else "sporadic on new"
+        status = "broke" if 2 * runs_bad_n > runs_n else "sporadic on new"
     elif (bad_b and not bad_n) or (leak_b and not leak_n):
-        status = "fixed" if leak_b or mostly(base, not_ok_b) else "sporadic on base"
+        status = "fixed" if leak_b or 2 * runs_bad_b > runs_b else "sporadic on base"
     else:
         status = "fails on both"
-    return {**cell, "not_ok_base": f"{bad_b}/{len(base)} in {base.loc[not_ok_b, 'run'].nunique()}/"
-            f"{base['run'].nunique()} runs", "not_ok_new": f"{bad_n}/{len(new)} in "
-            f"{new.loc[not_ok_n, 'run'].nunique()}/{new['run'].nunique()} runs",
+    return {**cell, "not_ok_base": f"{bad_b}/{len(base)} in {runs_bad_b}/{runs_b} runs",
+            "not_ok_new": f"{bad_n}/{len(new)} in {runs_bad_n}/{runs_n} runs",
             "leak_base": leak_b, "leak_new": leak_n, "status": status}
 
 
