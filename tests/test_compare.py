@@ -3,8 +3,10 @@ itself is not flagged, and the command's exit status, Markdown and plot follow.
 
 Each side is four "runs" of pauses measured in turn on the shared real engine (base, same
 and slow interleaved, so slow drift of the host cannot tell them apart); the slow side has
-the version adapter's test hook adding 50 ms before every pause and every resume call. They
-share one engine, so this checks the machinery on real traces; the calibration across real
+the version adapter's test hook adding 50 ms before every pause and every resume call. The
+requests are long (160 tokens) so the delayed pause still finds the first request running: at
+32 tokens a fast host (1.3 ms a token) finished it inside the 50 ms and every slowed pause
+missed, leaving the slow side without cells (CI, stop 23). They share one engine, so this checks the machinery on real traces; the calibration across real
 engine runs is `interleave`'s, committed under results/ (README).
 """
 
@@ -23,11 +25,11 @@ from bench_pause.scenario import Scenario
 from .conftest import bench_pause
 
 pytestmark = pytest.mark.engine
-RUNS, REPEATS, DELAY = 4, 3, 0.05
+RUNS, REPEATS, DELAY, MAX_TOKENS = 4, 3, 0.05, 160
 
 
 def _scenarios() -> list[Scenario]:
-    return [Scenario("offline", 1, mode, "tokens:5", 32, 1, 0.1, True, repeat=r)
+    return [Scenario("offline", 1, mode, "tokens:5", MAX_TOKENS, 1, 0.1, True, repeat=r)
             for r in range(REPEATS) for mode in ("keep", "abort")]
 
 
@@ -47,7 +49,9 @@ def sides(offline_session, measure_on, tmp_path_factory):
                 write_json(d / META, {**meta.environment(), "started": meta.now()})
                 rd = RunDir(d)
                 for sc in _scenarios():
-                    rd.append(measure_on(offline_session, sc), extra)
+                    m = measure_on(offline_session, sc)
+                    assert not m.metrics["missed"], f"{name} r{run + 1}: every pause missed its request: {sc}"
+                    rd.append(m, extra)
                 rd.consolidate()
             finally:
                 mp.undo()
