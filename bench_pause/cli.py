@@ -219,6 +219,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if (out / results.RUNS).exists():
         runs = results.load(out)[0]
         summary.print_table(summary.cells(runs), f"p50 / p90 / max per scenario ({out})")
+        synced = summary.syncs(runs)
+        if len(synced):
+            summary.print_table(synced, "weight_sync: each phase, p50 / p90 / max", summary.sync_rows)
         not_ok = int((~results.measured(runs)["ok"].astype(bool)).sum())
         if not_ok:
             progress.say(f"[red]{not_ok} measured pause(s) broke their mode's contract or failed: "

@@ -13,7 +13,7 @@ import json
 import random
 from typing import AsyncIterator, Awaitable
 
-from bench_pause import metrics, trace as tr
+from bench_pause import metrics, trace as tr, weight_sync
 from bench_pause.backends.base import Session, Timeouts
 from bench_pause.model import corpus
 from bench_pause.scenario import Scenario
@@ -123,12 +123,15 @@ async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: rando
 
     The cycle: ``concurrency`` requests, the pause at the pause point of the first, the
     ``arrivals`` submitted once the pause returned, the hold, the resume, every stream to
-    its end. An ``idle`` cycle pauses before any request and sends them after the resume.
+    its end. An ``idle`` cycle pauses before any request and sends them after the resume. A
+    ``weight_sync`` probes the workers and pushes new weights once the pause returned, and
+    sends one more request after the resume (metrics checks which weights made its tokens).
     """
     trace = tr.Trace()
     need = sc.point.tokens_before(sc.max_tokens)
     reached = asyncio.Event()
-    texts = prompts(sc.concurrency + sc.arrivals, rng)
+    sync = sc.cycle == "weight_sync"
+    texts = prompts(sc.concurrency + sc.arrivals + sync, rng)
 
     def on_count(request: int, count: int) -> None:
         if request == 0 and count >= need:
@@ -136,7 +139,7 @@ async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: rando
 
     def submit(requests: range) -> list[asyncio.Task]:
         return [asyncio.create_task(session.stream(i, texts[i], sc.max_tokens, trace, on_count,
-                                                   rank=sc.route(i)[1] if sc.dp_size > 1 else None))
+                                                   rank=sc.route(i)[1] if sc.dp_size > 1 else None, ids=sync))
                 for i in requests]
 
     originals = range(sc.concurrency)
@@ -157,8 +160,13 @@ async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: rando
             await _until_pause_point(reached, tasks, timeouts.stream)
         phase = "pause"
         await _pause(session, sc, trace, timeouts)
-        phase = "hold"
         hold_end = asyncio.get_running_loop().time() + sc.hold_s
+        if sync:
+            phase = "idle probe"
+            await weight_sync.idle_probe(session, trace, timeouts)
+            phase = "weight sync"
+            await weight_sync.push(session, trace, timeouts)
+        phase = "hold"
         if sc.arrivals:
             tasks += submit(range(sc.concurrency, sc.concurrency + sc.arrivals))
             await _until_arrivals_admitted(session, tasks, trace, sc.hold_s)
@@ -167,6 +175,8 @@ async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: rando
         await _resume(session, sc, trace, timeouts)
         if sc.cycle == "idle":
             tasks += submit(originals)
+        if sync:
+            tasks += submit(range(sc.concurrency + sc.arrivals, sc.concurrency + sc.arrivals + 1))
         phase = "streams"
         await asyncio.wait_for(asyncio.gather(*tasks), timeouts.stream)
         phase = "is_paused"

@@ -72,13 +72,29 @@ Definitions (client clock unless the name says ``engine``):
   running requests; a waiting one is held like in keep), or, in abort mode, not yet in
   the engine when it aborted.
 - ``tokens_expected``, ``tokens_received``, ``finish_reasons``.
+- A ``weight_sync`` cycle (NaN in every other): right after the pause returns, the idle
+  probe, then a push of a full weight set through vLLM's weight-transfer API, then the hold's
+  rest; after the resume one more request is sent, to be served by the new weights.
+  ``idle_s``: pause return to the latest clock any worker returned from the probe (it
+  synchronises the device and runs between engine steps: transfer_worker), what the
+  trainer would wait beyond the pause call before the device is its own; per worker in
+  the ``idle_return`` event. ``sync_start_s``, ``sync_update_s``, ``sync_finish_s``: each
+  call of the push, call to return; ``sync_s``: start call to finish return;
+  ``sync_bytes`` and ``sync_gbps`` (bytes over the update call, GB/s). ``dark_s``: no token
+  produced: the last token delivered before the pause returned (any request; the first
+  submit when none) to the first after the resume call. ``new_weight_tokens``: tokens
+  after the resume made by the new set; ``wrong_weight_tokens``: tokens after the resume
+  made by anything else, plus tokens before the pause call not made by the old set (when
+  the engine held a known set). Which set made a token is read off its id
+  (bench_pause.trainer).
 - ``ok``: the mode's contract held. keep: no leak, every token delivered, every request
   finished by length. abort: no leak, every request unfinished at the pause call ended
   with ``abort``, except one held (it reached the engine only after the abort, as a
   starved HTTP server's request can; it is then served in full after the resume). wait: no leak, every token delivered, and every request either finished
   before the pause returned or was held (see ``held_requests``). In every mode, requests
-  that arrived during the pause, and every request of an ``idle`` cycle (sent after the
-  resume), are served in full.
+  that arrived during the pause, every request of an ``idle`` cycle (sent after the
+  resume) and a weight_sync's request after the resume are served in full; a weight_sync
+  also needs ``wrong_weight_tokens`` 0 and ``new_weight_tokens`` above 0.
 """
 
 from __future__ import annotations
@@ -97,8 +113,9 @@ from bench_pause.scenario import route
 # Bumped when a definition changes; meta.json records it (`bench-pause recompute` updates
 # it with the metrics). 2: gap_excess_s against the hold that happened, engine-clock
 # metrics selected by the engine's clock, a leak never counted as missed. 3: several
-# servers paused together (per_server, pause_spread_s, worst_server).
-VERSION = 3
+# servers paused together (per_server, pause_spread_s, worst_server). 4: the weight_sync
+# cycle's metrics.
+VERSION = 4
 
 # The metrics a benchmark tracks, with their units: what summaries, plots and asv show.
 HEADLINE = {
@@ -204,6 +221,57 @@ def _per_server(events: pd.DataFrame, per_rank: dict[str, dict], servers: int,
     return out
 
 
+def _ids(tokens: pd.DataFrame) -> list[list[int]]:
+    col = tokens["ids"] if "ids" in tokens else pd.Series([""] * len(tokens), index=tokens.index)
+    return [[int(i) for i in str(v).split(",")] if isinstance(v, str) and v else [] for v in col]
+
+
+def _weight_sync(tokens: pd.DataFrame, events: pd.DataFrame, pause_ret: float, resume_call: float,
+                 first_submit: float) -> dict:
+    """The weight_sync metrics (module docstring); NaN for every other cycle."""
+    nan = math.nan
+    out = dict.fromkeys(("idle_s", "sync_start_s", "sync_update_s", "sync_finish_s", "sync_s", "sync_bytes",
+                         "sync_gbps", "dark_s", "new_weight_tokens", "wrong_weight_tokens"), nan)
+    start = events.loc[events["event"] == tr.SYNC_START_CALL, "detail"]
+    if not len(start):
+        return out
+    sets = json.loads(str(start.iloc[0]))
+    start_call = _event_time(events, tr.SYNC_START_CALL)
+    start_ret = _event_time(events, tr.SYNC_START_RETURN)
+    update_ret = _event_time(events, tr.SYNC_UPDATE_RETURN)
+    finish_ret = _event_time(events, tr.SYNC_FINISH_RETURN)
+    idle = events.loc[events["event"] == tr.IDLE_RETURN, "detail"]
+    clocks = [float(a["t"]) for a in json.loads(str(idle.iloc[0]))] if len(idle) else []
+    update = update_ret - start_ret
+    t = tokens["t"]
+    before_pause = t[t <= pause_ret]
+    after = t[t >= resume_call]
+    last = float(before_pause.max()) if len(before_pause) else first_submit
+    new, old = set(sets["new"]), set(sets["old"]) if sets.get("old") is not None else None
+    pause_call = _event_time(events, tr.PAUSE_CALL)
+    right = wrong = 0
+    for when, ids in zip(t, _ids(tokens)):
+        if when >= resume_call:
+            right += sum(i in new for i in ids)
+            wrong += sum(i not in new for i in ids)
+        elif when < pause_call and old is not None:
+            wrong += sum(i not in old for i in ids)
+    checked = "ids" in tokens and bool((tokens["ids"].fillna("") != "").any())
+    out.update({
+        "idle_s": max(clocks) - pause_ret if clocks else nan,
+        "sync_start_s": start_ret - start_call,
+        "sync_update_s": update,
+        "sync_finish_s": finish_ret - update_ret,
+        "sync_s": finish_ret - start_call,
+        "sync_bytes": float(sets["bytes"]),
+        "sync_gbps": sets["bytes"] / update / 1e9 if update > 0 else nan,
+        "dark_s": float(after.min()) - last if len(after) else nan,
+        "new_weight_tokens": float(right) if checked else nan,
+        "wrong_weight_tokens": float(wrong) if checked else nan,
+    })
+    return out
+
+
 def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error: str = "") -> dict:
     """Metrics of one measured pause from its token and event tables.
 
@@ -216,6 +284,8 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
     servers = int(scenario.get("servers", 1) or 1)
     n_arrivals = int(scenario.get("arrivals", 0) or 0)
     originals, arrivals = range(concurrency), range(concurrency, concurrency + n_arrivals)
+    # A weight_sync sends one request after the resume, to be served by the new weights.
+    checks = range(concurrency + n_arrivals, concurrency + n_arrivals + (cycle == "weight_sync"))
 
     tokens = tokens.sort_values("t", kind="stable")
     pause_call = _event_time(events, tr.PAUSE_CALL)
@@ -273,10 +343,10 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
         spread, worst_server = max(server_pauses) - min(server_pauses), int(np.argmax(server_pauses))
 
     received = int(tokens["n_tokens"].sum())
-    expected = (concurrency + n_arrivals) * max_tokens
+    expected = (concurrency + n_arrivals + len(checks)) * max_tokens
     per_request = tokens.groupby("request")["n_tokens"].sum()
     reasons = Counter(reason for _, reason in finishes.values())
-    everyone_finished = all(r in finishes for r in [*originals, *arrivals])
+    everyone_finished = all(r in finishes for r in [*originals, *arrivals, *checks])
 
     def served(requests: Iterable[int]) -> bool:
         return all(per_request.get(r, 0) == max_tokens and finishes.get(r, (0, ""))[1] == "length" for r in requests)
@@ -295,7 +365,10 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
         if (events["event"] == call).any():
             second_call = _event_time(events, ret) - _event_time(events, call)
 
+    synced = _weight_sync(tokens, events, pause_ret, resume_call, float(submit0.iloc[0]) if len(submit0) else math.nan)
     if error:
+        ok = False
+    elif checks and not (served(checks) and synced["wrong_weight_tokens"] == 0 and synced["new_weight_tokens"] > 0):
         ok = False
     elif cycle == "idle" or mode == "keep":  # an idle cycle's requests come after the resume
         ok = leak == 0 and everyone_finished and served([*originals, *arrivals])
@@ -336,6 +409,7 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
         "tokens_expected": expected,
         "tokens_received": received,
         "finish_reasons": json.dumps(dict(sorted(reasons.items()))),
+        **synced,
         "ok": bool(ok),
         "error": error,
     }

@@ -498,8 +498,43 @@ def plot_history(table: pd.DataFrame, releases: list[str], comparisons: dict, na
     return _write(fig, out, "history")
 
 
+def weight_sync(data: Runs, out: Path) -> list[Path]:
+    """Where a weight sync's time goes: each phase's p50 stacked in order per cell, and the
+    time with no token produced (p50 / p90 / max) beside it; nothing without weight_sync cycles."""
+    from bench_pause.summary import syncs
+    table = syncs(data.runs)
+    if not len(table):
+        return []
+    # resume→tok runs from the resume call, so it holds the resume call: drawn once, not twice.
+    phases = [("pause_api_s", "pause call"), ("idle_s", "until idle"), ("sync_start_s", "push: start"),
+              ("sync_update_s", "push: update"), ("sync_finish_s", "push: finish"),
+              ("resume_ttft_s", "resume call to first token")]
+    colors = ["#4c72b0", "#8c8c8c", "#dd8452", "#c44e52", "#937860", "#55a868"]
+    fig, ax = plt.subplots(figsize=(9, 1.0 + 0.55 * len(table)))
+    labels = [f"{r.backend} dp{r.dp_size} {r.mode} {'clear' if r.clear_cache else 'keep'} ({r.n})"
+              for r in table.itertuples(index=False)]
+    y = np.arange(len(table))
+    left = np.zeros(len(table))
+    for (metric, name), color in zip(phases, colors):
+        width = table[f"{metric}_p50"].fillna(0).to_numpy() * 1e3
+        ax.barh(y, width, left=left, color=color, label=name, height=0.6)
+        left += width
+    for yi, end, r in zip(y, left, table.itertuples(index=False)):
+        ax.text(end, yi, "  no token " + " / ".join(f"{v * 1e3:.1f}" for v in (r.dark_s_p50, r.dark_s_p90, r.dark_s_max))
+                + " ms", va="center", fontsize=7)
+    ax.set_xlim(0, left.max() * 1.45)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms (p50 of each phase, stacked)")
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.18 - 0.02 * len(table)))
+    ax.set_title("weight_sync: pause, push a full weight set, resume", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out, "weight_sync", data)
+
+
 FIGURES = {"timeline": timeline, "time_to_pause": time_to_pause, "gap": gap, "clear_cache": clear_cache,
-           "stalls": stalls, "first_pause": first_pause, "ranks": ranks, "dp_size": dp_size, "leak": leak}
+           "stalls": stalls, "first_pause": first_pause, "ranks": ranks, "dp_size": dp_size, "leak": leak,
+           "weight_sync": weight_sync}
 
 
 def plot_all(dirs: list[Path], out: Path) -> dict[str, list[Path]]:

@@ -35,6 +35,11 @@ CAPTIONS = {
                "pause call to return (top) and resume call to the slowest rank's first token (bottom).",
     "leak": "Tokens delivered between the pause's return and the resume call. A correct engine "
             "delivers none; a leak is drawn in red.",
+    "weight_sync": "Where a weight sync's time goes: each phase's p50 stacked in the order it happens "
+                   "(pause call, until the workers are idle, the push's start, update and finish, the "
+                   "resume call, until the first token), per backend, mode and cache setting; beside each bar, "
+                   "the time with no token produced (last token before the pause returned to the first "
+                   "after the resume) as p50 / p90 / max.",
 }
 
 
@@ -88,8 +93,22 @@ def _section(title: str, dirs: list[Path], out: Path) -> list[str]:
     for d in dirs:
         name = Path(d).name
         lines += [f"#### {name}", "", summary.markdown(summary.cells(data.runs[data.runs["run"] == name]))]
-    lines += _stalls(data.runs) + _first_pauses(data.runs) + _ranks(data.runs)
+    lines += _stalls(data.runs) + _first_pauses(data.runs) + _ranks(data.runs) + _syncs(data.runs)
     return lines
+
+
+def _syncs(runs) -> list[str]:
+    table = summary.syncs(runs)
+    if not len(table):
+        return []
+    return ["### Weight sync: where the time goes", "",
+            "Per weight_sync cell (times in ms, p50 / p90 / max over its cycles): the pause call; pause "
+            "return to the workers' idle answer; the push's start, update and finish calls; the resume "
+            "call; resume to the first token; the whole push; and the time with no token produced "
+            "(last token before the pause to the first after the resume). `wrong tok`: the most tokens in "
+            "one cycle made by other weights than they should (0 on a correct engine); `checked tok`: the "
+            "fewest tokens after a resume whose weights were checked.", "",
+            summary.markdown(table, summary.sync_rows)]
 
 
 def _ranks(runs) -> list[str]:

@@ -21,8 +21,10 @@ BACKENDS = ("offline", "http")
 # resumes an engine with nothing running (the requests are sent after the resume, to show
 # it still serves); ``double_resume`` calls resume a second time while not paused;
 # ``double_pause`` calls pause again while the first pause call is still in progress.
-# (Back to back with no hold is the hold axis at 0.)
-CYCLES = ("pause", "idle", "double_resume", "double_pause")
+# (Back to back with no hold is the hold axis at 0.) ``weight_sync`` is what an RL trainer
+# does: pause, push a full set of new weights through vLLM's weight-transfer API, resume
+# (bench_pause.weight_sync); the hold is then the least time paused.
+CYCLES = ("pause", "idle", "double_resume", "double_pause", "weight_sync")
 
 
 class ScenarioError(ValueError):
@@ -118,6 +120,8 @@ class Scenario:
             raise ScenarioError(f"unknown cycle {self.cycle!r}: choose from {', '.join(CYCLES)}")
         if self.servers < 1 or (self.servers > 1 and self.backend != "http"):
             raise ScenarioError(f"servers must be 1, or more with the http backend; got {self.servers}")
+        if self.cycle == "weight_sync" and self.servers > 1:
+            raise ScenarioError("the weight_sync cycle pushes weights into one server: use --servers 1")
 
     @property
     def point(self) -> PausePoint:

@@ -144,6 +144,45 @@ def ranks_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+# A weight_sync cycle in the order it happens (metrics: the weight_sync definitions).
+SYNC_PHASES = [("pause_api_s", "pause"), ("idle_s", "idle"), ("sync_start_s", "start"),
+               ("sync_update_s", "update"), ("sync_finish_s", "finish"), ("resume_api_s", "resume"),
+               ("resume_ttft_s", "resume→tok")]
+
+
+def syncs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per weight_sync cell: p50 / p90 / max of each phase, of the whole push and of the time
+    with no token produced; the push's bandwidth (p50) and the weight check (the most wrong
+    tokens in a pause, the fewest tokens checked after the resume)."""
+    m = measured(runs)
+    m = m[m["cycle"] == "weight_sync"] if len(m) else m
+    if not len(m):
+        return pd.DataFrame()
+    grouped = m.groupby(CELL, dropna=False, sort=True)
+    out = grouped.size().rename("n").to_frame()
+    out["ok"] = grouped["ok"].sum().astype(int)
+    for metric in [name for name, _ in SYNC_PHASES] + ["sync_s", "dark_s"]:
+        out[f"{metric}_p50"] = grouped[metric].median()
+        out[f"{metric}_p90"] = grouped[metric].agg(_p90)
+        out[f"{metric}_max"] = grouped[metric].max()
+    out["sync_gbps_p50"] = grouped["sync_gbps"].median()
+    out["sync_mb"] = grouped["sync_bytes"].max() / 1e6
+    out["wrong_max"] = grouped["wrong_weight_tokens"].max()
+    out["checked_min"] = grouped["new_weight_tokens"].min()
+    return out.reset_index()
+
+
+def sync_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    header = ["backend", "dp", "mode", "cache", "ok", *[f"{label} ms" for _, label in SYNC_PHASES],
+              "push ms", "no token ms", "MB", "GB/s", "wrong tok", "checked tok"]
+    body = []
+    for r in table.itertuples(index=False):
+        body.append([r.backend, str(r.dp_size), r.mode, "clear" if r.clear_cache else "keep", f"{r.ok}/{r.n}",
+                     *[_tail(r, name) for name, _ in SYNC_PHASES], _tail(r, "sync_s"), _tail(r, "dark_s"),
+                     f"{r.sync_mb:.1f}", f"{r.sync_gbps_p50:.2f}", f"{r.wrong_max:g}", f"{r.checked_min:g}"])
+    return header, body
+
+
 def fmt_ms(value: float) -> str:
     """Seconds as milliseconds with one decimal, "-" for NaN."""
     return "-" if pd.isna(value) else f"{value * 1000:.1f}"
@@ -174,25 +213,28 @@ def rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def markdown(table: pd.DataFrame) -> str:
-    header, body = rows(table)
+def markdown(table: pd.DataFrame, rows_of=rows) -> str:
+    header, body = rows_of(table)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in body]
     return "\n".join(lines) + "\n"
 
 
-def print_table(table: pd.DataFrame, title: str) -> None:
+def print_table(table: pd.DataFrame, title: str, rows_of=rows) -> None:
+    """The table in the terminal: a row whose pauses were not all ok (or leaked) in red,
+    one with a stall in yellow."""
     from rich.console import Console
     from rich.table import Table
 
-    header, body = rows(table)
+    header, body = rows_of(table)
     t = Table(title=title, title_justify="left")
     for h in header:
         t.add_column(h, justify="left" if h in ("backend", "mode", "pause at", "cache", "cycle") else "right")
     for r in body:
-        leak, ok = r[header.index("leak")] != "0", r[header.index("ok")].split("/")
-        stalled = r[header.index("stalls")] != "0"
-        t.add_row(*r, style="bold red" if leak or ok[0] != ok[1] else ("yellow" if stalled else None))
+        ok = r[header.index("ok")].split("/")
+        bad = ok[0] != ok[1] or ("leak" in header and r[header.index("leak")] != "0")
+        stalled = "stalls" in header and r[header.index("stalls")] != "0"
+        t.add_row(*r, style="bold red" if bad else ("yellow" if stalled else None))
     console = Console()
     if not console.is_terminal:  # a log file: don't squeeze the table into 80 columns
         console = Console(width=260)

@@ -15,13 +15,14 @@ import dataclasses
 import ipaddress
 import os
 import random
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
-from bench_pause import meta, metrics, results, vllm_compat
+from bench_pause import meta, metrics, results, trainer, vllm_compat, weight_sync
 from bench_pause.backends.base import Session, StartupFailed, Timeouts
 from bench_pause.measure import attempts, measure
 from bench_pause.model import default_model, resolve_model
@@ -55,6 +56,7 @@ class Plan:
     groups: dict[tuple[str, int], list[Scenario]]
     total: int
     skipped: list[str]
+    sync_model: str | None = None  # the model whose weight sets a weight_sync cycle pushes
 
 
 def _check_out_dir(out: Path) -> None:
@@ -83,13 +85,27 @@ def plan(cfg: SweepConfig, say: Say = print) -> Plan:
                 say(f"[yellow]warning:[/yellow] {warning}")
         scenarios = [dataclasses.replace(sc, servers=len(cfg.urls)) if sc.backend == "http" else sc
                      for sc in scenarios]
-    engine = None
+    engine, sync_model = None, None
+    syncs = "weight_sync" in cfg.grid.cycles
+    if syncs and cfg.urls:
+        raise ScenarioError("the weight_sync cycle starts its own engines (it sets --weight-transfer-config "
+                            "and --worker-extension-cls): drop --url")
+    if syncs and weight_sync.OWN_FLAGS & {tok.split("=")[0] for part in cfg.engine_args for tok in shlex.split(part)}:
+        raise ScenarioError("the weight_sync cycle sets --weight-transfer-config and --worker-extension-cls "
+                            "itself: drop them from --engine-args")
     if any(sc.backend == "offline" for sc in scenarios) or not cfg.urls:
         api = vllm_compat.pause_api()
         vllm_compat.check_modes(api, list(cfg.grid.modes))
         gpu = vllm_compat.on_gpu()
         model = resolve_model(cfg.model) if cfg.model else default_model(gpu, vllm_compat.gpu_memory_gib())
-        engine = vllm_compat.engine_config(model, cfg.engine_args, gpu)
+        if syncs:
+            vllm_compat.check_weight_transfer()
+            try:
+                trainer.check(model)
+            except ValueError as exc:
+                raise ScenarioError(f"weight_sync: {exc}") from exc
+            sync_model = model
+        engine = vllm_compat.engine_config(model, [*cfg.engine_args, *([weight_sync.ENGINE_ARGS] if syncs else [])], gpu)
         if gpu:
             gpus = vllm_compat.gpu_count()
             too_big = sorted({sc.dp_size for sc in scenarios if sc.dp_size > gpus})
@@ -108,7 +124,7 @@ def plan(cfg: SweepConfig, say: Say = print) -> Plan:
             done = {tuple(r) for r in measured[Scenario.columns()].itertuples(index=False)}
     todo = [sc for sc in scenarios if tuple(sc.as_dict().values()) not in done]
     skipped = [f"{len(scenarios) - len(todo)} cells already measured"] if done else []
-    return Plan(cfg, engine, group_by_engine(todo, cfg.seed), len(todo), skipped)
+    return Plan(cfg, engine, group_by_engine(todo, cfg.seed), len(todo), skipped, sync_model)
 
 
 def exposure_warning(url: str) -> str:
@@ -181,6 +197,12 @@ async def run(p: Plan, progress: Progress | None = None, stop: asyncio.Event | N
     write_json(meta_path, info)
     rng = random.Random(cfg.seed)
     outcome = Outcome(rundir)
+    staged = None
+    if p.sync_model and p.total:
+        progress.say("staging the weight sets (the trainer)")
+        staged = await asyncio.to_thread(weight_sync.stage, p.sync_model)
+        info["weight_sets"] = [dataclasses.asdict(s) for s in staged.sets]
+        write_json(meta_path, info)
     progress.start(p.total)
     try:
         for (backend, dp_size), cells in p.groups.items():
@@ -212,6 +234,8 @@ async def run(p: Plan, progress: Progress | None = None, stop: asyncio.Event | N
                 write_json(meta_path, info)
                 before = len(queue)
                 try:
+                    if staged:
+                        await weight_sync.attach(session, staged, cfg.timeouts)
                     queue = await _run_cells(session, queue, rundir, engine_no, cfg, rng, progress, outcome, stop)
                 finally:
                     await session.close()
@@ -220,6 +244,8 @@ async def run(p: Plan, progress: Progress | None = None, stop: asyncio.Event | N
                     outcome.stopped_early = True
                     return outcome
     finally:
+        if staged:
+            staged.remove()
         rundir.consolidate()
         info["finished"] = meta.now()
         info["measured"] = len(results.measured(rundir.runs))

@@ -15,7 +15,9 @@ import pandas as pd
 
 from bench_pause.scenario import Scenario
 
-TOKEN_COLUMNS = ["request", "index", "n_tokens", "t", "engine_t"]
+# ``ids``: the output's token ids, comma-separated, where the cycle asked for them (a
+# weight_sync tells which weights made each token by its id); "" elsewhere.
+TOKEN_COLUMNS = ["request", "index", "n_tokens", "t", "engine_t", "ids"]
 EVENT_COLUMNS = ["event", "request", "t", "detail"]
 
 # Control events, in the order they normally happen.
@@ -35,22 +37,32 @@ PAUSE_RETURN_2 = "pause_return_2"
 RESUME_CALL_2 = "resume_call_2"
 RESUME_RETURN_2 = "resume_return_2"
 COUNTERS = "counters"
+# A weight_sync cycle, between the pause and the resume: the idle probe (its detail: each
+# worker's answer, JSON) and the push's three calls (the start's detail: the sets, JSON).
+IDLE_CALL = "idle_call"
+IDLE_RETURN = "idle_return"
+SYNC_START_CALL = "sync_start_call"
+SYNC_START_RETURN = "sync_start_return"
+SYNC_UPDATE_RETURN = "sync_update_return"
+SYNC_FINISH_RETURN = "sync_finish_return"
 
 
 @dataclass
 class Trace:
     """Mutable recorder used while a measurement runs; frozen into DataFrames after."""
 
-    tokens: list[tuple[int, int, int, float, float]] = field(default_factory=list)
+    tokens: list[tuple[int, int, int, float, float, str]] = field(default_factory=list)
     events: list[tuple[str, int, float, str]] = field(default_factory=list)
     _counts: dict[int, int] = field(default_factory=dict)
 
-    def token(self, request: int, n_tokens: int, engine_t: float | None = None) -> int:
+    def token(self, request: int, n_tokens: int, engine_t: float | None = None,
+              ids: list[int] | None = None) -> int:
         """Record one streamed output carrying ``n_tokens`` new tokens; returns the running count."""
         now = time.monotonic()
         index = self._counts.get(request, 0)
         self._counts[request] = index + n_tokens
-        self.tokens.append((request, index, n_tokens, now, math.nan if engine_t is None else engine_t))
+        self.tokens.append((request, index, n_tokens, now, math.nan if engine_t is None else engine_t,
+                            ",".join(map(str, ids)) if ids else ""))
         return index + n_tokens
 
     def event(self, name: str, request: int = -1, detail: str = "", t: float | None = None) -> float:
@@ -61,7 +73,7 @@ class Trace:
     def tokens_frame(self) -> pd.DataFrame:
         df = pd.DataFrame(self.tokens, columns=TOKEN_COLUMNS)
         return df.astype({"request": "int64", "index": "int64", "n_tokens": "int64",
-                          "t": "float64", "engine_t": "float64"})
+                          "t": "float64", "engine_t": "float64", "ids": "string"})
 
     def events_frame(self) -> pd.DataFrame:
         df = pd.DataFrame(self.events, columns=EVENT_COLUMNS)

@@ -84,6 +84,20 @@ def pause_api() -> str:
     raise VllmError(f"vLLM {vllm_version()}: unknown pause_generation signature {list(params)}")
 
 
+def check_weight_transfer() -> None:
+    """A weight_sync cycle needs vLLM's weight-transfer API (AsyncLLM.start_weight_update,
+    its engine registry that takes a backend of ours); say so before anything starts."""
+    if getattr(async_llm_class(), "start_weight_update", None) is None:
+        raise VllmError(f"vLLM {vllm_version()} has no weight-transfer API (AsyncLLM.start_weight_update): "
+                        "the weight_sync cycle cannot run on it")
+    try:
+        factory = importlib.import_module("vllm.distributed.weight_transfer.factory").WeightTransferEngineFactory
+    except (ImportError, AttributeError) as exc:
+        raise VllmError(f"vLLM {vllm_version()} has no weight-transfer engine registry: {exc}") from exc
+    if not hasattr(factory, "register_engine"):
+        raise VllmError(f"vLLM {vllm_version()}: its weight-transfer registry takes no new backend")
+
+
 def check_modes(api: str, modes: list[str]) -> None:
     """The legacy API has no keep mode; say so before anything starts."""
     if api == LEGACY_API and "keep" in modes:

@@ -45,7 +45,25 @@ def model_path() -> str:
 
 @pytest.fixture(scope="session")
 def engine_config(model_path):
-    return vllm_compat.engine_config(model_path, "", gpu=vllm_compat.on_gpu())
+    """The shared engines are set up for weight_sync too, as a sweep with that cycle sets
+    them up (the extension does nothing until a push or a probe calls it)."""
+    from bench_pause import weight_sync
+    return vllm_compat.engine_config(model_path, [weight_sync.ENGINE_ARGS], gpu=vllm_compat.on_gpu())
+
+
+@pytest.fixture(scope="session")
+def staged(model_path):
+    """Both weight sets of the test model, staged by the trainer process once."""
+    from bench_pause import weight_sync
+    s = weight_sync.stage(model_path)
+    yield s
+    s.remove()
+
+
+def _attached(loop, session, staged):
+    from bench_pause import weight_sync
+    loop.run_until_complete(weight_sync.attach(session, staged, Timeouts()))
+    return session
 
 
 def _shared(loop, session):
@@ -56,9 +74,9 @@ def _shared(loop, session):
 
 
 @pytest.fixture(scope="session")
-def offline_session(loop, engine_config):
+def offline_session(loop, engine_config, staged):
     from bench_pause.backends.offline import OfflineSession
-    session = _shared(loop, OfflineSession(engine_config, 1, Timeouts(startup=300)))
+    session = _attached(loop, _shared(loop, OfflineSession(engine_config, 1, Timeouts(startup=300))), staged)
     yield session
     loop.run_until_complete(session.close())
 
@@ -82,10 +100,11 @@ def _engine_behind_server(session):
 
 
 @pytest.fixture(scope="session")
-def http_session(loop, engine_config, tmp_path_factory):
+def http_session(loop, engine_config, staged, tmp_path_factory):
     from bench_pause.backends.http import HttpSession
     log_dir = tmp_path_factory.mktemp("server-log")
     session = _engine_behind_server(_shared(loop, HttpSession(engine_config, 1, Timeouts(startup=300), log_dir)))
+    _attached(loop, session, staged)
     yield session
     loop.run_until_complete(session.close())
 

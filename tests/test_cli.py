@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -72,21 +73,27 @@ def test_legacy_api_refuses_keep():
 def test_run_writes_all_four_files(tmp_path):
     out = tmp_path / "run"
     r = bench_pause("run", "--backend", "offline", "--mode", "keep", "abort", "wait", "--pause-point", "tokens:5",
-                    "--max-tokens", "32", "--concurrency", "1", "--hold", "0.2", "--repeats", "2", "--out", str(out))
+                    "--max-tokens", "32", "--concurrency", "1", "--hold", "0.2", "--cycle", "pause", "weight_sync",
+                    "--repeats", "2", "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     for name in ("runs.parquet", "tokens.parquet", "events.parquet", "meta.json"):
         assert (out / name).stat().st_size > 0, name
     runs = pd.read_parquet(out / "runs.parquet")
     measured = results.measured(runs)
-    assert len(measured) == 6 and runs["warmup"].sum() == 1
+    assert len(measured) == 12 and runs["warmup"].sum() == 1
     assert measured["ok"].all()
     assert set(measured["mode"]) == {"keep", "abort", "wait"}
+    synced = measured[measured["cycle"] == "weight_sync"]
+    assert len(synced) == 6 and (synced["wrong_weight_tokens"] == 0).all() and (synced["sync_s"] > 0).all()
     tokens = pd.read_parquet(out / "tokens.parquet")
     assert set(tokens["measurement"]) == set(runs["measurement"])
     meta = json.loads((out / "meta.json").read_text())
     for key in ("vllm_version", "torch_version", "device", "model", "engine_args", "started", "host"):
         assert meta[key], key
     assert meta["engines"][0]["startup_s"] > 0
+    # The trainer's staged sets are recorded and removed once the sweep ended.
+    assert [s["name"] for s in meta["weight_sets"]] == ["A", "B"]
+    assert not any(Path(s["path"]).exists() for s in meta["weight_sets"])
     assert "p50 / p90 / max per scenario" in r.stdout
 
 

@@ -20,11 +20,12 @@ SCENARIO = {"backend": "offline", "dp_size": 1, "mode": "keep", "pause_point": "
 
 
 def frames(tokens: list[tuple], events: list[tuple]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """tokens: (request, t, engine_t or nan, n_tokens=1); events: (name, request, t, detail)."""
+    """tokens: (request, t, engine_t or nan, n_tokens=1, ids=None); events: (name, request, t, detail)."""
     t = tr.Trace()
-    for request, when, engine_t, *n in tokens:
-        t.token(request, n[0] if n else 1, None if math.isnan(engine_t) else engine_t)
-        t.tokens[-1] = (*t.tokens[-1][:3], when, t.tokens[-1][4])
+    for request, when, engine_t, *rest in tokens:
+        n, ids = (rest[0] if rest else 1), (rest[1] if len(rest) > 1 else None)
+        t.token(request, n, None if math.isnan(engine_t) else engine_t, ids)
+        t.tokens[-1] = (*t.tokens[-1][:3], when, *t.tokens[-1][4:])
     for name, request, when, detail in events:
         t.event(name, request, detail, t=when)
     return t.tokens_frame(), t.events_frame()
@@ -150,3 +151,45 @@ def test_routing_over_servers_and_ranks_reaches_every_rank():
     from bench_pause.scenario import route
     assert [route(i, 2, 2) for i in range(4)] == [(0, 0), (1, 0), (0, 1), (1, 1)]
     assert [route(i, 1, 2) for i in range(3)] == [(0, 0), (0, 1), (0, 0)]  # as before: i % dp_size
+
+
+# A weight_sync keep cycle on KEEP_TOKENS' timeline: the engine held set A (token 7) and
+# gets set B (token 9). Probe 10.031-10.034 (the worker's clock 10.032), push start
+# 10.035-10.040, update to 10.540 (2e8 bytes), finish 10.545; request 2 (the check) after
+# the resume, tokens at 11.065 and 11.068.
+SYNC_CONTROL = [*CONTROL, (tr.IDLE_CALL, -1, 10.031, ""),
+                (tr.IDLE_RETURN, -1, 10.034, json.dumps([{"rank": 0, "pid": 1, "t": 10.032}])),
+                (tr.SYNC_START_CALL, -1, 10.035, json.dumps({"set": "B", "bytes": 2e8, "new": [9], "old": [7]})),
+                (tr.SYNC_START_RETURN, -1, 10.040, ""), (tr.SYNC_UPDATE_RETURN, -1, 10.540, ""),
+                (tr.SYNC_FINISH_RETURN, -1, 10.545, ""), (tr.SUBMIT, 2, 11.053, "")]
+SYNC_SCENARIO = {**SCENARIO, "cycle": "weight_sync"}
+
+
+def sync_trace(wrong_after: bool = False, wrong_before: bool = False):
+    tokens = [(r, t, e, 1, [7 if t < 10.5 else 9]) for r, t, e in KEEP_TOKENS]
+    tokens += [(2, 11.065, 11.064, 1, [9]), (2, 11.068, 11.067, 3, [9, 9, 7 if wrong_after else 9])]
+    if wrong_before:
+        tokens[0] = (*tokens[0][:4], [9])
+    return frames(tokens, SYNC_CONTROL + FINISHED + [(tr.FINISH, 2, 11.070, "length")])
+
+
+def test_weight_sync_exact_values():
+    v = metrics.compute(*sync_trace(), SYNC_SCENARIO)
+    assert v["idle_s"] == pytest.approx(0.002)  # worker clock 10.032 after the pause return 10.030
+    assert v["sync_start_s"] == pytest.approx(0.005) and v["sync_update_s"] == pytest.approx(0.500)
+    assert v["sync_finish_s"] == pytest.approx(0.005) and v["sync_s"] == pytest.approx(0.510)
+    assert v["sync_bytes"] == 2e8 and v["sync_gbps"] == pytest.approx(0.4)
+    assert v["dark_s"] == pytest.approx(11.060 - 10.008)  # last token before the pause return to the first after
+    assert v["new_weight_tokens"] == 3 + 4 and v["wrong_weight_tokens"] == 0
+    assert v["tokens_expected"] == v["tokens_received"] == 12 and v["ok"]
+
+
+@pytest.mark.parametrize("where", ["after", "before"])
+def test_weight_sync_a_token_from_the_wrong_weights_fails(where):
+    v = metrics.compute(*sync_trace(wrong_after=where == "after", wrong_before=where == "before"), SYNC_SCENARIO)
+    assert v["wrong_weight_tokens"] == 1 and not v["ok"] and v["leak_tokens"] == 0
+
+
+def test_weight_sync_metrics_are_nan_for_a_plain_pause():
+    v = metrics.compute(*keep_trace(), SCENARIO)
+    assert all(math.isnan(v[k]) for k in ("idle_s", "sync_s", "dark_s", "wrong_weight_tokens"))

@@ -34,6 +34,7 @@ class Timeouts:
     pause: float = 60.0
     resume: float = 60.0
     stream: float = 120.0
+    sync: float = 600.0  # one weight_sync push of a full weight set
 
 
 @dataclass
@@ -82,9 +83,10 @@ class Session(abc.ABC):
 
     @abc.abstractmethod
     async def stream(self, request: int, prompt: str, max_tokens: int, trace: Trace,
-                     on_count: OnCount, rank: int | None = None) -> None:
+                     on_count: OnCount, rank: int | None = None, ids: bool = False) -> None:
         """Submit one request and record its tokens, prompt length and finish reason into
-        ``trace``; ``rank`` routes it to one data-parallel rank (None: vLLM's balancer)."""
+        ``trace``; ``rank`` routes it to one data-parallel rank (None: vLLM's balancer);
+        ``ids``: record the token ids too (a weight_sync cycle reads them)."""
 
     @abc.abstractmethod
     async def preemptions(self) -> dict[str, float]:
@@ -108,6 +110,15 @@ class Session(abc.ABC):
 
     @abc.abstractmethod
     async def is_paused(self) -> bool: ...
+
+    async def weight_update(self, step: str, info: dict | None = None) -> str:
+        """One call of vLLM's weight-transfer API: ``init`` (with its init info), ``start``,
+        ``update`` (with the update info) or ``finish``; a weight_sync cycle's push."""
+        raise NotImplementedError(f"the {self.backend} backend cannot push weights")
+
+    async def idle_probe(self) -> list[dict]:
+        """Every worker's answer to ``bench_pause_idle`` (transfer_worker), by collective RPC."""
+        raise NotImplementedError(f"the {self.backend} backend cannot probe its workers")
 
     @abc.abstractmethod
     def alive(self) -> bool:

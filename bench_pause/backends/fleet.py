@@ -36,9 +36,9 @@ class FleetSession(Session):
                            "servers": [s.info.extra for s in self.servers]}
 
     async def stream(self, request: int, prompt: str, max_tokens: int, trace: Trace,
-                     on_count: OnCount, rank: int | None = None) -> None:
+                     on_count: OnCount, rank: int | None = None, ids: bool = False) -> None:
         server, _ = route(request, len(self.servers), self.info.dp_size)
-        await self.servers[server].stream(request, prompt, max_tokens, trace, on_count, rank)
+        await self.servers[server].stream(request, prompt, max_tokens, trace, on_count, rank, ids)
 
     def admitted(self) -> int:
         return sum(s.admitted() for s in self.servers)

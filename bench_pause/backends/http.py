@@ -43,6 +43,16 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
         return "(no server log)"
 
 
+def _token_ids(chunk: dict) -> list[int]:
+    """The token ids of a completions chunk streamed with ``return_tokens_as_token_ids``."""
+    out = []
+    for choice in chunk.get("choices") or []:
+        for token in (choice.get("logprobs") or {}).get("tokens") or []:
+            if str(token).startswith("token_id:"):
+                out.append(int(str(token)[len("token_id:"):]))
+    return out
+
+
 class HttpSession(Session):
     backend = "http"
 
@@ -140,12 +150,14 @@ class HttpSession(Session):
     # -- measurement -----------------------------------------------------------------
 
     async def stream(self, request: int, prompt: str, max_tokens: int, trace: Trace,
-                     on_count: OnCount, rank: int | None = None) -> None:
+                     on_count: OnCount, rank: int | None = None, ids: bool = False) -> None:
         body = {
             "model": self.model_id, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
             "ignore_eos": True, "stream": True,
             "stream_options": {"include_usage": True, "continuous_usage_stats": True},
         }
+        if ids:  # the ids come as the logprobs' tokens, "token_id:N"
+            body.update(logprobs=0, return_tokens_as_token_ids=True)
         finish, seen, prompt_seen = "none", 0, False
         headers = {"X-data-parallel-rank": str(rank)} if rank is not None else None
         trace.event(SUBMIT, request)
@@ -168,7 +180,7 @@ class HttpSession(Session):
                         prompt_seen = True
                     total = usage.get("completion_tokens", seen)
                     if total > seen:
-                        on_count(request, trace.token(request, total - seen))
+                        on_count(request, trace.token(request, total - seen, None, _token_ids(chunk) if ids else None))
                         seen = total
                     for choice in chunk.get("choices") or []:
                         if choice.get("finish_reason"):
@@ -207,6 +219,27 @@ class HttpSession(Session):
     async def is_paused(self) -> bool:
         async with self.client.get(f"{self.url}/is_paused") as r:
             return bool((await r.json())["is_paused"])
+
+    async def _post_json(self, path: str, body: dict) -> dict:
+        async with self.client.post(f"{self.url}{path}", json=body) as r:
+            text = await r.text()
+            if r.status != 200:
+                raise RuntimeError(f"POST {path} answered {r.status}: {text[:200]}")
+            return json.loads(text) if text.strip() else {}
+
+    async def weight_update(self, step: str, info: dict | None = None) -> str:
+        routes = {"init": ("/init_weight_transfer_engine", {"init_info": info or {}}),
+                  "start": ("/start_weight_update", {}),
+                  "update": ("/update_weights", {"update_info": info or {}}),
+                  "finish": ("/finish_weight_update", {})}
+        if step not in routes:
+            raise ValueError(f"no weight-transfer step {step!r}")
+        path, body = routes[step]
+        return str((await self._post_json(path, body)).get("message", ""))
+
+    async def idle_probe(self) -> list[dict]:
+        answer = await self._post_json("/collective_rpc", {"method": "bench_pause_idle", "timeout": self.timeouts.pause})
+        return list(answer.get("results", []))
 
     async def preemptions(self) -> dict[str, float]:
         try:

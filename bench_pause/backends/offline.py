@@ -51,7 +51,7 @@ class OfflineSession(Session):
         self._pids = procs.descendants() - before
 
     async def stream(self, request: int, prompt: str, max_tokens: int, trace: Trace,
-                     on_count: OnCount, rank: int | None = None) -> None:
+                     on_count: OnCount, rank: int | None = None, ids: bool = False) -> None:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -70,7 +70,8 @@ class OfflineSession(Session):
             if n:
                 m = out.metrics
                 engine_t = getattr(m, "last_token_ts", 0.0) if m is not None else 0.0
-                on_count(request, trace.token(request, n, engine_t or None))
+                on_count(request, trace.token(request, n, engine_t or None,
+                                              list(completion.token_ids) if ids else None))
             if out.finished:
                 finish = str(completion.finish_reason)
         trace.event(FINISH, request, detail=finish)
@@ -91,6 +92,23 @@ class OfflineSession(Session):
 
     async def is_paused(self) -> bool:
         return bool(await self.engine.is_paused())
+
+    async def weight_update(self, step: str, info: dict | None = None) -> str:
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest, WeightTransferUpdateRequest
+        if step == "init":
+            await self.engine.init_weight_transfer_engine(WeightTransferInitRequest(init_info=info or {}))
+        elif step == "start":
+            await self.engine.start_weight_update()
+        elif step == "update":
+            await self.engine.update_weights(WeightTransferUpdateRequest(update_info=info or {}))
+        elif step == "finish":
+            await self.engine.finish_weight_update()
+        else:
+            raise ValueError(f"no weight-transfer step {step!r}")
+        return ""
+
+    async def idle_probe(self) -> list[dict]:
+        return list(await self.engine.collective_rpc("bench_pause_idle"))
 
     async def preemptions(self) -> dict[str, float]:
         # vLLM's Prometheus logger keeps its counters in this process's default registry.

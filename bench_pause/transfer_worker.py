@@ -1,0 +1,89 @@
+"""What bench-pause runs inside vLLM's worker processes for a ``weight_sync`` cycle.
+
+vLLM imports this module in every worker because the engine is started with
+``--worker-extension-cls bench_pause.transfer_worker.BenchPauseWorker`` (see
+weight_sync.ENGINE_ARGS), before it loads the model; importing it registers the
+``bench_shm`` weight-transfer backend, which ``--weight-transfer-config`` then selects.
+
+``bench_shm`` is a transport for hosts where vLLM's own (CUDA IPC, NCCL) cannot run, the
+CPU among them: the trainer stages a full weight set as a safetensors file in shared
+memory (bench_pause.trainer) and each ``update_weights`` call names the file; the worker
+reads it and hands every tensor to the model's own ``load_weights`` inside a layerwise
+reload, the path vLLM's IPC backend ends in too. Everything around it is vLLM's: ``start_weight_update`` /
+``update_weights`` / ``finish_weight_update`` through the worker's weight-transfer
+session, over the engine core's collective RPC, in-process or over the dev-mode HTTP
+routes.
+
+``bench_pause_idle`` answers the "is the device idle?" probe: it synchronises the worker's
+device (CUDA; a no-op on a CPU) and returns the worker's CLOCK_MONOTONIC, comparable with
+the client's on one host. The engine core runs collective RPCs between its steps, so the
+answer also means no step is in progress (metrics: ``idle_s``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+from vllm.distributed.weight_transfer.base import (WeightTransferEngine, WeightTransferInitInfo,
+                                                   WeightTransferUpdateInfo)
+from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
+
+BACKEND = "bench_shm"
+
+
+@dataclass
+class ShmInitInfo(WeightTransferInitInfo):
+    """Nothing to set up: the file is named by each update."""
+
+
+@dataclass
+class ShmUpdateInfo(WeightTransferUpdateInfo):
+    path: str
+
+
+class SharedMemoryWeightTransferEngine(WeightTransferEngine[ShmInitInfo, ShmUpdateInfo]):
+    """Loads a staged safetensors file into the model with its ``load_weights``."""
+
+    init_info_cls = ShmInitInfo
+    update_info_cls = ShmUpdateInfo
+    supports_draft_weight_update = False
+
+    def init_transfer_engine(self, init_info: ShmInitInfo) -> None:
+        pass
+
+    # As vLLM's IPC backend: the checkpoint's tensors go through a layerwise reload, which
+    # gives each layer back its loading layout (a CPU linear repacks its weight after
+    # loading; loading into the packed one fails) and re-processes it once loaded.
+    def start_weight_update(self) -> None:
+        from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+        initialize_layerwise_reload(self.model)
+
+    def finish_weight_update(self) -> None:
+        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+        finalize_layerwise_reload(self.model, self.model_config)
+
+    def receive_weights(self, update_info: ShmUpdateInfo) -> None:
+        from safetensors import safe_open
+        with safe_open(update_info.path, framework="pt", device="cpu") as f:
+            self.model.load_weights((name, f.get_tensor(name)) for name in f.keys())
+
+    def shutdown(self) -> None:
+        pass
+
+
+if BACKEND not in WeightTransferEngineFactory._registry:
+    WeightTransferEngineFactory.register_engine(BACKEND, SharedMemoryWeightTransferEngine)
+
+
+class BenchPauseWorker:
+    """Mixed into vLLM's worker class: the methods a collective RPC can call by name."""
+
+    def bench_pause_idle(self) -> dict:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        parallel = self.vllm_config.parallel_config
+        return {"rank": int(parallel.data_parallel_rank) * int(parallel.world_size) + int(self.rank),
+                "pid": os.getpid(), "t": time.monotonic()}

@@ -1,0 +1,184 @@
+"""The weight_sync cycle: the trainer's marked weight sets (pure, exact), then pushes into
+the shared real engines through vLLM's weight-transfer API, on both backends.
+
+The check that matters is which weights made each token: set A and set B make different
+tokens whatever the prompt (bench_pause.trainer), so a token after the resume that is not
+the new set's, or one before the pause that is not the old set's, is a failure. The last
+engine test shows the check fails when the engine holds other weights than claimed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import matplotlib.image as mpimg
+import pytest
+import torch
+
+from bench_pause import metrics, plots, report, results, summary, trainer, weight_sync
+from bench_pause.scenario import Scenario
+
+from .conftest import FIXTURES, bench_pause
+
+
+def _layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.layer_norm(x, (x.shape[-1],), w, b)
+
+
+def _rms_norm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+
+
+def test_opt_sets_make_one_token_each_whatever_the_input():
+    g = torch.Generator().manual_seed(0)
+    vocab, hidden = 50, 8
+    names = trainer._OPT
+    tensors = {names[0]: torch.ones(hidden), names[1]: torch.zeros(hidden),
+               names[2]: torch.randn(vocab, hidden, generator=g), "model.decoder.layers.0.fc1.weight": torch.ones(2)}
+    sets = trainer.marked_sets(tensors)
+    assert len(sets) == 2 and set(sets[0][1]).isdisjoint(sets[1][1])
+    x = torch.randn(200, hidden, generator=g) * 5  # any hidden state at all
+    for full, tokens in sets:
+        assert full.keys() == tensors.keys() and full["model.decoder.layers.0.fc1.weight"] is tensors[
+            "model.decoder.layers.0.fc1.weight"]  # only the norm changes: the rest is the checkpoint's
+        logits = _layer_norm(x, full[names[0]], full[names[1]]) @ full[names[2]].T  # OPT's head is its embedding
+        assert set(logits.argmax(-1).tolist()) == set(tokens)
+    col = tensors[names[2]][:, 0]
+    assert sets[0][1] == (int(col.argmax()),) and sets[1][1] == (int(col.argmin()),)
+
+
+def test_rms_sets_make_their_pair_of_tokens_whatever_the_input():
+    g = torch.Generator().manual_seed(1)
+    vocab, hidden = 40, 6
+    tensors = {"model.norm.weight": torch.ones(hidden), "lm_head.weight": torch.randn(vocab, hidden, generator=g),
+               "model.embed_tokens.weight": torch.randn(vocab, hidden, generator=g)}
+    sets = trainer.marked_sets(tensors)
+    assert [t for _, t in sets] == [(4, 5), (6, 7)]
+    x = torch.randn(500, hidden, generator=g)
+    for full, tokens in sets:
+        made = set((_rms_norm(x, full["model.norm.weight"]) @ full["lm_head.weight"].T).argmax(-1).tolist())
+        assert made == set(tokens)  # either sign of the kept coordinate occurs in 500 draws
+        assert torch.equal(full["lm_head.weight"][:, 1:], tensors["lm_head.weight"][:, 1:])
+
+
+def test_a_checkpoint_without_a_marker_is_refused(tmp_path):
+    from safetensors.torch import save_file
+    save_file({"model.norm.weight": torch.ones(4)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match="no marker"):
+        trainer.check(str(tmp_path))
+    with pytest.raises(ValueError, match="no .*safetensors"):
+        trainer.check(str(tmp_path / "empty"))
+
+
+def _sync(mode: str, max_tokens: int = 32, backend: str = "offline") -> Scenario:
+    return Scenario(backend, 1, mode, "tokens:5", max_tokens, 2, 0.0, True, cycle="weight_sync")
+
+
+def _sets(m) -> dict:
+    start = m.events[m.events["event"] == "sync_start_call"]
+    return json.loads(start["detail"].iloc[0])
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("mode", ["keep", "abort", "wait"])
+def test_offline_push_changes_the_weights_between_pause_and_resume(offline_session, measure_on, mode):
+    first = measure_on(offline_session, _sync(mode))
+    second = measure_on(offline_session, _sync(mode))
+    for m in (first, second):
+        v = m.metrics
+        assert v["ok"] and not v["error"], v
+        assert v["leak_tokens"] == 0 and v["wrong_weight_tokens"] == 0 and v["new_weight_tokens"] >= 32
+        assert v["sync_bytes"] > 1e6 and 0 < v["sync_start_s"] <= v["sync_s"] and v["sync_update_s"] > 0
+        assert v["idle_s"] >= 0 and v["dark_s"] > v["sync_s"]
+    # Pushes alternate: the second starts from what the first loaded, so its old set is checked.
+    assert _sets(second)["old"] == _sets(first)["new"] and _sets(second)["set"] != _sets(first)["set"]
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("mode", ["keep", "abort"])
+def test_http_push_through_the_dev_routes(http_session, measure_on, mode):
+    m = measure_on(http_session, _sync(mode, backend="http"))
+    v = m.metrics
+    assert v["ok"] and not v["error"], v
+    assert v["wrong_weight_tokens"] == 0 and v["new_weight_tokens"] >= 32 and v["sync_s"] > 0
+    probe = json.loads(m.events.loc[m.events["event"] == "idle_return", "detail"].iloc[0])
+    assert len(probe) == 1 and probe[0]["rank"] == 0 and probe[0]["pid"] != http_session.proc.pid
+
+
+@pytest.mark.engine
+def test_a_push_that_loads_other_weights_than_claimed_fails(offline_session, measure_on):
+    real = offline_session.weights
+    a, b = real.staged.sets
+    lying = weight_sync.Staged([a, dataclasses.replace(b, path=a.path)], real.staged.dir)
+    offline_session.weights = weight_sync.EngineWeights(lying, loaded=0)  # next: "B", which loads A
+    try:
+        v = measure_on(offline_session, _sync("keep")).metrics
+    finally:
+        offline_session.weights = weight_sync.EngineWeights(real.staged, loaded=0)  # it holds A
+    assert not v["ok"] and v["wrong_weight_tokens"] > 0 and not v["error"], v
+
+
+def test_weight_sync_refuses_a_server_it_did_not_start(tmp_path):
+    r = bench_pause("run", "--cycle", "weight_sync", "--url", "http://127.0.0.1:9", "--backend", "http",
+                    "--out", tmp_path / "out", timeout=120)
+    assert r.returncode == 2 and "drop --url" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_weight_sync_refuses_a_model_without_weight_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_PAUSE_CACHE", str(tmp_path / "cache"))
+    r = bench_pause("run", "--cycle", "weight_sync", "--model", "tiny-qwen3", "--backend", "offline",
+                    "--out", tmp_path / "out", timeout=300)
+    assert r.returncode == 2 and "no *.safetensors weights" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out" / "runs.parquet").exists()
+
+
+# A weight_sync run recorded on the real engine (tests/fixtures/record.sh): both backends,
+# every mode, both cache settings.
+RECORDED = FIXTURES / "cpu-weight-sync"
+SYNC_COLUMNS = ["idle_s", "sync_start_s", "sync_update_s", "sync_finish_s", "sync_s", "sync_bytes", "sync_gbps",
+                "dark_s", "new_weight_tokens", "wrong_weight_tokens", "ok"]
+
+
+@pytest.fixture(scope="module")
+def recorded():
+    return results.load(RECORDED)
+
+
+def _trace(recorded, mid: int):
+    runs, tokens, events, _ = recorded
+    return (tokens[tokens["measurement"] == mid].reset_index(drop=True),
+            events[events["measurement"] == mid].reset_index(drop=True), runs.set_index("measurement").loc[mid])
+
+
+def test_recorded_cycles_recompute_to_what_was_stored(recorded):
+    runs = recorded[0]
+    assert set(runs["backend"]) == {"offline", "http"} and set(runs["cycle"]) == {"weight_sync"}
+    for mid in runs["measurement"]:
+        v = metrics.for_measurement(*_trace(recorded, mid))
+        stored = runs.set_index("measurement").loc[mid]
+        assert v["ok"] and v["wrong_weight_tokens"] == 0 and v["new_weight_tokens"] >= 32, (mid, v)
+        for col in SYNC_COLUMNS:
+            assert v[col] == pytest.approx(stored[col], nan_ok=True), (mid, col)
+
+
+def test_a_recorded_token_from_the_old_weights_after_the_resume_is_caught(recorded):
+    mid = int(results.measured(recorded[0]).query("backend == 'http' and mode == 'keep'")["measurement"].iloc[0])
+    tokens, events, run = _trace(recorded, mid)
+    old = json.loads(events.loc[events["event"] == "sync_start_call", "detail"].iloc[0])["old"]
+    resume = float(events.loc[events["event"] == "resume_call", "t"].iloc[0])
+    last = tokens.index[tokens["t"] > resume][-1]
+    tokens.loc[last, "ids"] = str(old[0]) if old else "0"
+    v = metrics.for_measurement(tokens, events, run)
+    assert not v["ok"] and v["wrong_weight_tokens"] == 1 and v["leak_tokens"] == 0
+
+
+def test_table_figure_and_report_of_the_recorded_run(recorded, tmp_path):
+    table = summary.syncs(recorded[0])
+    assert len(table) == len(results.measured(recorded[0]).groupby(summary.CELL)) == 10
+    header, body = summary.sync_rows(table)
+    assert "update ms" in header and all(r[header.index("wrong tok")] == "0" for r in body)
+    png, svg = plots.weight_sync(plots.Runs.load([RECORDED]), tmp_path)
+    assert mpimg.imread(png).shape[1] > 500 and "push: update" in svg.read_text()
+    text = report.write([RECORDED], tmp_path / "docs").read_text()
+    assert "### Weight sync: where the time goes" in text and "weight_sync.png" in text
