@@ -15,7 +15,6 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 # Bump when a preset's files change, so cached copies are rebuilt.
 PRESET_REVISION = 1
@@ -205,45 +204,82 @@ def _train_tokenizer(vocab: int, out: Path) -> None:
     fast.save_pretrained(str(out))
 
 
-def _opt_tensors(preset: Preset, rand: Callable[..., "torch.Tensor"], ones: Callable, zeros: Callable) -> dict:
+# A checkpoint's tensors as specs: (name, shape, init), init one of "rand", "ones", "zeros".
+Spec = tuple[str, tuple[int, ...], str]
+
+
+def _opt_specs(preset: Preset) -> list[Spec]:
     h, f = preset.hidden, preset.ffn
-    tensors = {
-        "model.decoder.embed_tokens.weight": rand(preset.vocab, h),
+    specs: list[Spec] = [
+        ("model.decoder.embed_tokens.weight", (preset.vocab, h), "rand"),
         # OPT's learned positions are offset by 2.
-        "model.decoder.embed_positions.weight": rand(preset.max_positions + 2, h),
-        "model.decoder.final_layer_norm.weight": ones(h),
-        "model.decoder.final_layer_norm.bias": zeros(h),
-    }
+        ("model.decoder.embed_positions.weight", (preset.max_positions + 2, h), "rand"),
+        ("model.decoder.final_layer_norm.weight", (h,), "ones"),
+        ("model.decoder.final_layer_norm.bias", (h,), "zeros"),
+    ]
     for i in range(preset.layers):
         p = f"model.decoder.layers.{i}."
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            tensors[p + f"self_attn.{proj}.weight"] = rand(h, h)
-            tensors[p + f"self_attn.{proj}.bias"] = zeros(h)
+            specs += [(p + f"self_attn.{proj}.weight", (h, h), "rand"), (p + f"self_attn.{proj}.bias", (h,), "zeros")]
         for ln in ("self_attn_layer_norm", "final_layer_norm"):
-            tensors[p + f"{ln}.weight"] = ones(h)
-            tensors[p + f"{ln}.bias"] = zeros(h)
-        tensors[p + "fc1.weight"], tensors[p + "fc1.bias"] = rand(f, h), zeros(f)
-        tensors[p + "fc2.weight"], tensors[p + "fc2.bias"] = rand(h, f), zeros(h)
-    return tensors
+            specs += [(p + f"{ln}.weight", (h,), "ones"), (p + f"{ln}.bias", (h,), "zeros")]
+        specs += [(p + "fc1.weight", (f, h), "rand"), (p + "fc1.bias", (f,), "zeros"),
+                  (p + "fc2.weight", (h, f), "rand"), (p + "fc2.bias", (h,), "zeros")]
+    return specs
 
 
-def _mixtral_tensors(preset: Preset, rand: Callable[..., "torch.Tensor"], ones: Callable, zeros: Callable) -> dict:
+def _mixtral_specs(preset: Preset) -> list[Spec]:
     """The classic Mixtral checkpoint layout (block_sparse_moe.experts.J.w1/w2/w3)."""
     h, f = preset.hidden, preset.ffn
-    tensors = {"model.embed_tokens.weight": rand(preset.vocab, h), "model.norm.weight": ones(h),
-               "lm_head.weight": rand(preset.vocab, h)}
+    specs: list[Spec] = [("model.embed_tokens.weight", (preset.vocab, h), "rand"), ("model.norm.weight", (h,), "ones"),
+                         ("lm_head.weight", (preset.vocab, h), "rand")]
     for i in range(preset.layers):
         p = f"model.layers.{i}."
-        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            tensors[p + f"self_attn.{proj}.weight"] = rand(h, h)
-        tensors[p + "input_layernorm.weight"] = ones(h)
-        tensors[p + "post_attention_layernorm.weight"] = ones(h)
-        tensors[p + "block_sparse_moe.gate.weight"] = rand(preset.experts, h)
+        specs += [(p + f"self_attn.{proj}.weight", (h, h), "rand") for proj in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        specs += [(p + "input_layernorm.weight", (h,), "ones"), (p + "post_attention_layernorm.weight", (h,), "ones"),
+                  (p + "block_sparse_moe.gate.weight", (preset.experts, h), "rand")]
         for j in range(preset.experts):
             e = p + f"block_sparse_moe.experts.{j}."
-            tensors[e + "w1.weight"], tensors[e + "w3.weight"], tensors[e + "w2.weight"] = \
-                rand(f, h), rand(f, h), rand(h, f)
-    return tensors
+            specs += [(e + "w1.weight", (f, h), "rand"), (e + "w3.weight", (f, h), "rand"), (e + "w2.weight", (h, f), "rand")]
+    return specs
+
+
+def _decoder_specs(preset: Preset) -> list[Spec]:
+    """The Hugging Face layout of Llama, Qwen3 (q_norm / k_norm) and Qwen3-MoE (experts
+    J.gate_proj/up_proj/down_proj and a router, every layer): what vLLM's load_weights
+    takes for the presets vLLM otherwise fills itself (``dummy``), so a weight_sync can push
+    a full set of their shape (bench_pause.trainer)."""
+    h, hd = preset.hidden, preset.head_dim or preset.hidden // preset.heads
+    q, kv = preset.heads * hd, (preset.kv_heads or preset.heads) * hd
+    specs: list[Spec] = [("model.embed_tokens.weight", (preset.vocab, h), "rand")]
+    for i in range(preset.layers):
+        p = f"model.layers.{i}."
+        specs += [(p + "self_attn.q_proj.weight", (q, h), "rand"), (p + "self_attn.k_proj.weight", (kv, h), "rand"),
+                  (p + "self_attn.v_proj.weight", (kv, h), "rand"), (p + "self_attn.o_proj.weight", (h, q), "rand")]
+        if preset.arch in ("qwen3", "qwen3_moe"):
+            specs += [(p + "self_attn.q_norm.weight", (hd,), "ones"), (p + "self_attn.k_norm.weight", (hd,), "ones")]
+        specs += [(p + "input_layernorm.weight", (h,), "ones"), (p + "post_attention_layernorm.weight", (h,), "ones")]
+        if preset.arch == "qwen3_moe":
+            f = preset.moe_ffn
+            specs.append((p + "mlp.gate.weight", (preset.experts, h), "rand"))
+            for j in range(preset.experts):
+                e = p + f"mlp.experts.{j}."
+                specs += [(e + "gate_proj.weight", (f, h), "rand"), (e + "up_proj.weight", (f, h), "rand"),
+                          (e + "down_proj.weight", (h, f), "rand")]
+        else:
+            f = preset.ffn
+            specs += [(p + "mlp.gate_proj.weight", (f, h), "rand"), (p + "mlp.up_proj.weight", (f, h), "rand"),
+                      (p + "mlp.down_proj.weight", (h, f), "rand")]
+    return specs + [("model.norm.weight", (h,), "ones"), ("lm_head.weight", (preset.vocab, h), "rand")]
+
+
+_SPECS = {"opt": _opt_specs, "mixtral": _mixtral_specs, "llama": _decoder_specs, "qwen3": _decoder_specs,
+          "qwen3_moe": _decoder_specs}
+
+
+def tensor_specs(preset: Preset) -> list[Spec]:
+    """Every tensor of the preset's checkpoint, in checkpoint layout."""
+    return _SPECS[preset.arch](preset)
 
 
 def _write_weights(preset: Preset, out: Path, seed: int) -> None:
@@ -252,18 +288,13 @@ def _write_weights(preset: Preset, out: Path, seed: int) -> None:
 
     gen = torch.Generator().manual_seed(seed)
     dtype = getattr(torch, preset.dtype)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return (torch.randn(*shape, generator=gen) * 0.02).to(dtype)
-
-    def ones(n: int) -> torch.Tensor:
-        return torch.ones(n, dtype=dtype)
-
-    def zeros(n: int) -> torch.Tensor:
-        return torch.zeros(n, dtype=dtype)
-
-    build = {"opt": _opt_tensors, "mixtral": _mixtral_tensors}[preset.arch]
-    save_file(build(preset, rand, ones, zeros), str(out / "model.safetensors"), metadata={"format": "pt"})
+    tensors = {}
+    for name, shape, init in tensor_specs(preset):
+        if init == "rand":
+            tensors[name] = (torch.randn(*shape, generator=gen) * 0.02).to(dtype)
+        else:
+            tensors[name] = (torch.ones if init == "ones" else torch.zeros)(*shape, dtype=dtype)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
 def make_model(preset_name: str, out: Path, seed: int = 0) -> Path:

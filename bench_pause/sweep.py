@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
-from bench_pause import meta, metrics, results, trainer, vllm_compat, weight_sync
+from bench_pause import meta, metrics, results, vllm_compat, weight_sync
 from bench_pause.backends.base import Session, StartupFailed, Timeouts
 from bench_pause.measure import attempts, measure
 from bench_pause.model import default_model, resolve_model
@@ -99,6 +99,7 @@ def plan(cfg: SweepConfig, say: Say = print) -> Plan:
         gpu = vllm_compat.on_gpu()
         model = resolve_model(cfg.model) if cfg.model else default_model(gpu, vllm_compat.gpu_memory_gib())
         if syncs:
+            from bench_pause import trainer  # torch: only for a sweep that pushes weights
             vllm_compat.check_weight_transfer()
             try:
                 trainer.check(model)

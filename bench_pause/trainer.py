@@ -16,18 +16,22 @@ Every other tensor is the checkpoint's, so the push moves the model's full size.
 and set B use different tokens, so a token tells which set made it (metrics.weight_sync).
 ``python -m bench_pause.trainer MODEL_DIR OUT_DIR`` stages both sets as safetensors files in
 ``OUT_DIR`` (the engine's workers read them: see transfer_worker) and prints them as JSON:
-it runs as its own process, as a trainer does.
+it runs as its own process, as a trainer does. The tensors both sets share are written
+once, so staging needs the model's size once, not twice.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+
+from bench_pause.weight_sync import WeightSet
 
 SET_NAMES = ("A", "B")
 # The last normalisation and the LM head, by checkpoint layout.
@@ -36,18 +40,11 @@ _OPT = ("model.decoder.final_layer_norm.weight", "model.decoder.final_layer_norm
 _RMS = ("model.norm.weight", "lm_head.weight")
 
 
-@dataclass(frozen=True)
-class WeightSet:
-    """One staged set: where its file is, the tokens greedy decoding can emit with it,
-    and the bytes a push moves."""
-
-    name: str
-    path: str
-    tokens: tuple[int, ...]
-    bytes: int
+Changed = dict[str, torch.Tensor]
+_ITEMSIZE = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
-def _opt_sets(tensors: dict[str, torch.Tensor]) -> list[tuple[dict, tuple[int, ...]]]:
+def _opt_sets(tensors: dict[str, torch.Tensor]) -> list[tuple[Changed, tuple[int, ...]]]:
     w_name, b_name, e_name = _OPT
     emb = tensors[e_name].float()
     # The column whose maximum and minimum are each taken by one token: no tie to break.
@@ -66,7 +63,7 @@ def _opt_sets(tensors: dict[str, torch.Tensor]) -> list[tuple[dict, tuple[int, .
     return sets
 
 
-def _rms_sets(tensors: dict[str, torch.Tensor]) -> list[tuple[dict, tuple[int, ...]]]:
+def _rms_sets(tensors: dict[str, torch.Tensor]) -> list[tuple[Changed, tuple[int, ...]]]:
     norm_name, head_name = _RMS
     norm, head = tensors[norm_name], tensors[head_name]
     d = 0
@@ -82,55 +79,117 @@ def _rms_sets(tensors: dict[str, torch.Tensor]) -> list[tuple[dict, tuple[int, .
     return sets
 
 
-def marked_sets(tensors: dict[str, torch.Tensor]) -> list[tuple[dict[str, torch.Tensor], tuple[int, ...]]]:
-    """The two marked sets of a checkpoint: for each, the full tensor dict and the tokens
-    greedy decoding can emit with it. ValueError for a layout it does not know."""
-    if all(k in tensors for k in _OPT):
-        sets = _opt_sets(tensors)
-    elif all(k in tensors for k in _RMS):
-        sets = _rms_sets(tensors)
-    else:
-        raise ValueError("no marker for this checkpoint (neither OPT's final_layer_norm "
-                         "nor a model.norm with an untied lm_head)")
-    return [({**tensors, **changed}, tokens) for changed, tokens in sets]
+def _marker(names: set[str]) -> tuple[str, ...]:
+    """The tensors the marker reads, by layout; ValueError for a layout it does not know."""
+    for needed in (_OPT, _RMS):
+        if set(needed) <= names:
+            return needed
+    raise ValueError("no marker for this checkpoint (neither OPT's final_layer_norm "
+                     "nor a model.norm with an untied lm_head)")
+
+
+def marked_sets(tensors: dict[str, torch.Tensor]) -> list[tuple[Changed, tuple[int, ...]]]:
+    """The two marked sets: for each, the tensors it changes (every other is the
+    checkpoint's) and the tokens greedy decoding can emit with it."""
+    return _opt_sets(tensors) if _marker(set(tensors)) == _OPT else _rms_sets(tensors)
+
+
+class Source:
+    """A checkpoint's tensors, read on demand: its safetensors files, or for a preset that
+    has none (vLLM makes its weights: ``dummy``) tensors of the preset's exact layout made
+    here, small uniform values (what a push moves is bytes; the marker fixes the tokens)."""
+
+    def __init__(self, model_dir: str) -> None:
+        self.files = sorted(Path(model_dir).glob("*.safetensors"))
+        self.specs: dict[str, tuple[tuple[int, ...], str]] = {}
+        self.dtype = torch.bfloat16
+        self.where: dict[str, Path] = {}
+        self.nbytes: dict[str, int] = {}
+        if self.files:
+            from safetensors import safe_open
+            for f in self.files:
+                with safe_open(str(f), framework="pt") as handle:
+                    for k in handle.keys():
+                        piece = handle.get_slice(k)
+                        self.where[k] = f
+                        self.nbytes[k] = math.prod(piece.get_shape()) * _ITEMSIZE.get(piece.get_dtype(), 4)
+            self.names = list(self.where)
+            return
+        from bench_pause.model import PRESETS, load_format, tensor_specs
+        try:
+            preset = json.loads((Path(model_dir) / "config.json").read_text())["bench_pause"]["preset"]
+        except (OSError, ValueError, KeyError):
+            preset = None
+        if load_format(model_dir) != "dummy" or preset not in PRESETS:
+            raise ValueError(f"{model_dir} has no *.safetensors weights to push, and is no bench-pause preset")
+        self.dtype = getattr(torch, PRESETS[preset].dtype)
+        self.specs = {name: (shape, init) for name, shape, init in tensor_specs(PRESETS[preset])}
+        self.nbytes = {name: math.prod(shape) * self.dtype.itemsize for name, (shape, _) in self.specs.items()}
+        self.names = list(self.specs)
+
+    def load(self, names: list[str]) -> dict[str, torch.Tensor]:
+        if not self.specs:
+            from safetensors import safe_open
+            out = {}
+            for f in self.files:
+                wanted = [n for n in names if self.where[n] == f]
+                if wanted:
+                    with safe_open(str(f), framework="pt") as handle:
+                        out.update({n: handle.get_tensor(n) for n in wanted})
+            return out
+        out = {}
+        for n in names:
+            shape, init = self.specs[n]
+            out[n] = (torch.empty(shape, dtype=self.dtype).uniform_(-0.02, 0.02) if init == "rand"
+                      else (torch.ones if init == "ones" else torch.zeros)(shape, dtype=self.dtype))
+        return out
 
 
 def check(model_dir: str) -> None:
-    """Whether ``model_dir`` has weight files this module can mark (names only, cheap);
-    ValueError with the reason."""
-    from safetensors import safe_open
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not files:
-        raise ValueError(f"{model_dir} has no *.safetensors weights to push (a dummy preset has none)")
-    names: set[str] = set()
-    for f in files:
-        with safe_open(str(f), framework="pt") as handle:
-            names.update(handle.keys())
-    if not (set(_OPT) <= names or set(_RMS) <= names):
-        raise ValueError(f"{model_dir}: no marker for this checkpoint (neither OPT's final_layer_norm "
-                         "nor a model.norm with an untied lm_head)")
+    """Whether ``model_dir`` holds (or names) a checkpoint this module can mark, cheaply:
+    names only. ValueError with the reason."""
+    _marker(set(Source(model_dir).names))
 
 
-def load_checkpoint(model_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-    check(str(model_dir))
-    tensors: dict[str, torch.Tensor] = {}
-    for f in sorted(Path(model_dir).glob("*.safetensors")):
-        tensors.update(load_file(str(f)))
-    return tensors
-
-
-def stage(model_dir: Path, out: Path) -> list[WeightSet]:
-    """Write set A and set B into ``out``; returns what was written."""
+def _save(tensors: dict[str, torch.Tensor], path: Path) -> int:
     from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def stage(model_dir: Path, out: Path, chunk_bytes: int = 2 << 30) -> list[WeightSet]:
+    """Write into ``out`` the tensors both sets share, in files of about ``chunk_bytes``
+    (each is one ``update_weights`` call, as trainers push in buckets), then each set's own
+    tensors; returns the sets. Peak memory is one chunk, not the model."""
     out.mkdir(parents=True, exist_ok=True)
-    staged = []
-    for name, (tensors, tokens) in zip(SET_NAMES, marked_sets(load_checkpoint(model_dir))):
+    source = Source(str(model_dir))
+    read = _marker(set(source.names))
+    marked = marked_sets(source.load(list(read)))
+    changed = set(marked[0][0])
+    common, chunk, size, shared = [], [], 0, 0
+
+    def flush() -> None:
+        nonlocal chunk, size, shared
+        if chunk:
+            path = out / f"common-{len(common):03d}.safetensors"
+            shared += _save(source.load(chunk), path)
+            common.append(str(path))
+        chunk, size = [], 0
+
+    for name in source.names:
+        if name in changed:
+            continue
+        chunk.append(name)
+        size += source.nbytes[name]
+        if size >= chunk_bytes:
+            flush()
+    flush()
+    sets = []
+    for name, (tensors, tokens) in zip(SET_NAMES, marked):
         path = out / f"{name}.safetensors"
-        tensors = {k: v.contiguous() for k, v in tensors.items()}
-        save_file(tensors, str(path), metadata={"format": "pt"})
-        staged.append(WeightSet(name, str(path), tokens, sum(t.numel() * t.element_size() for t in tensors.values())))
-    return staged
+        own = _save(tensors, path)
+        sets.append(WeightSet(name, (*common, str(path)), tokens, shared + own))
+    return sets
 
 
 def main(argv: list[str] | None = None) -> int:

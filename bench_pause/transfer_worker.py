@@ -73,6 +73,12 @@ class SharedMemoryWeightTransferEngine(WeightTransferEngine[ShmInitInfo, ShmUpda
     def shutdown(self) -> None:
         pass
 
+    @staticmethod
+    def trainer_send_weights(iterator, trainer_args) -> None:
+        """Abstract in vLLM 0.26's base class (0.27 moved it to trainer engines); the
+        trainer's side here is bench_pause.trainer, which stages files instead."""
+        raise NotImplementedError("bench_shm's trainer stages files: python -m bench_pause.trainer")
+
 
 if BACKEND not in WeightTransferEngineFactory._registry:
     WeightTransferEngineFactory.register_engine(BACKEND, SharedMemoryWeightTransferEngine)

@@ -24,7 +24,6 @@ from pathlib import Path
 from bench_pause import trace as tr
 from bench_pause.backends.base import Session, Timeouts
 from bench_pause.scenario import ScenarioError
-from bench_pause.trainer import WeightSet
 
 BACKEND = "bench_shm"  # transfer_worker.BACKEND, without importing vLLM here
 EXTENSION = "bench_pause.transfer_worker.BenchPauseWorker"
@@ -32,6 +31,18 @@ EXTENSION = "bench_pause.transfer_worker.BenchPauseWorker"
 ENGINE_ARGS = shlex.join(["--weight-transfer-config", json.dumps({"backend": BACKEND}),
                           "--worker-extension-cls", EXTENSION])
 OWN_FLAGS = {"--weight-transfer-config", "--worker-extension-cls"}
+
+
+@dataclass(frozen=True)
+class WeightSet:
+    """One staged set (bench_pause.trainer writes it): its files in push order (the tensors
+    both sets share, in chunks, then its own), the tokens greedy decoding can emit with it,
+    and the bytes a push moves."""
+
+    name: str
+    paths: tuple[str, ...]
+    tokens: tuple[int, ...]
+    bytes: int
 
 
 @dataclass
@@ -73,7 +84,7 @@ def stage(model: str, timeout_s: float = 900.0) -> Staged:
         shutil.rmtree(out, ignore_errors=True)
         lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
         raise ScenarioError(f"weight_sync: the trainer could not stage {model}: {lines[-1]}")
-    sets = [WeightSet(s["name"], s["path"], tuple(s["tokens"]), s["bytes"]) for s in json.loads(done.stdout)]
+    sets = [WeightSet(s["name"], tuple(s["paths"]), tuple(s["tokens"]), s["bytes"]) for s in json.loads(done.stdout)]
     return Staged(sets, out)
 
 
@@ -84,18 +95,21 @@ async def attach(session: Session, staged: Staged, timeouts: Timeouts) -> None:
 
 
 async def push(session: Session, trace: tr.Trace, timeouts: Timeouts) -> None:
-    """Push the set the engine does not hold: start, update, finish, each timed and bounded."""
+    """Push the set the engine does not hold: start, one update per file, finish, each
+    bounded by a timeout."""
     weights: EngineWeights | None = getattr(session, "weights", None)
     if weights is None:
         raise RuntimeError("weight_sync on an engine that was not attached (weight_sync.attach)")
     old, index = weights.next()
     new = weights.staged.sets[index]
     trace.event(tr.SYNC_START_CALL, detail=json.dumps(
-        {"set": new.name, "bytes": new.bytes, "new": list(new.tokens), "old": list(old.tokens) if old else None}))
+        {"set": new.name, "bytes": new.bytes, "chunks": len(new.paths), "new": list(new.tokens),
+         "old": list(old.tokens) if old else None}))
     weights.loaded = None  # unknown until the push finishes
     await asyncio.wait_for(session.weight_update("start"), timeouts.pause)
     trace.event(tr.SYNC_START_RETURN)
-    await asyncio.wait_for(session.weight_update("update", {"path": new.path}), timeouts.sync)
+    for path in new.paths:
+        await asyncio.wait_for(session.weight_update("update", {"path": path}), timeouts.sync)
     trace.event(tr.SYNC_UPDATE_RETURN)
     await asyncio.wait_for(session.weight_update("finish"), timeouts.pause)
     trace.event(tr.SYNC_FINISH_RETURN)

@@ -35,13 +35,13 @@ def test_opt_sets_make_one_token_each_whatever_the_input():
     vocab, hidden = 50, 8
     names = trainer._OPT
     tensors = {names[0]: torch.ones(hidden), names[1]: torch.zeros(hidden),
-               names[2]: torch.randn(vocab, hidden, generator=g), "model.decoder.layers.0.fc1.weight": torch.ones(2)}
+               names[2]: torch.randn(vocab, hidden, generator=g)}
     sets = trainer.marked_sets(tensors)
     assert len(sets) == 2 and set(sets[0][1]).isdisjoint(sets[1][1])
     x = torch.randn(200, hidden, generator=g) * 5  # any hidden state at all
-    for full, tokens in sets:
-        assert full.keys() == tensors.keys() and full["model.decoder.layers.0.fc1.weight"] is tensors[
-            "model.decoder.layers.0.fc1.weight"]  # only the norm changes: the rest is the checkpoint's
+    for changed, tokens in sets:
+        assert set(changed) == {names[0], names[1]}  # only the norm: the head (the embedding) is the checkpoint's
+        full = {**tensors, **changed}
         logits = _layer_norm(x, full[names[0]], full[names[1]]) @ full[names[2]].T  # OPT's head is its embedding
         assert set(logits.argmax(-1).tolist()) == set(tokens)
     col = tensors[names[2]][:, 0]
@@ -51,15 +51,14 @@ def test_opt_sets_make_one_token_each_whatever_the_input():
 def test_rms_sets_make_their_pair_of_tokens_whatever_the_input():
     g = torch.Generator().manual_seed(1)
     vocab, hidden = 40, 6
-    tensors = {"model.norm.weight": torch.ones(hidden), "lm_head.weight": torch.randn(vocab, hidden, generator=g),
-               "model.embed_tokens.weight": torch.randn(vocab, hidden, generator=g)}
+    tensors = {"model.norm.weight": torch.ones(hidden), "lm_head.weight": torch.randn(vocab, hidden, generator=g)}
     sets = trainer.marked_sets(tensors)
     assert [t for _, t in sets] == [(4, 5), (6, 7)]
     x = torch.randn(500, hidden, generator=g)
-    for full, tokens in sets:
-        made = set((_rms_norm(x, full["model.norm.weight"]) @ full["lm_head.weight"].T).argmax(-1).tolist())
+    for changed, tokens in sets:
+        made = set((_rms_norm(x, changed["model.norm.weight"]) @ changed["lm_head.weight"].T).argmax(-1).tolist())
         assert made == set(tokens)  # either sign of the kept coordinate occurs in 500 draws
-        assert torch.equal(full["lm_head.weight"][:, 1:], tensors["lm_head.weight"][:, 1:])
+        assert torch.equal(changed["lm_head.weight"][:, 1:], tensors["lm_head.weight"][:, 1:])
 
 
 def test_a_checkpoint_without_a_marker_is_refused(tmp_path):
@@ -69,6 +68,33 @@ def test_a_checkpoint_without_a_marker_is_refused(tmp_path):
         trainer.check(str(tmp_path))
     with pytest.raises(ValueError, match="no .*safetensors"):
         trainer.check(str(tmp_path / "empty"))
+
+
+def test_staging_writes_the_shared_tensors_once_and_each_set_whole(tmp_path, model_path):
+    """Both sets' files hold every tensor of the checkpoint exactly once (shared chunks,
+    then the set's own), and a set's bytes are what its files hold."""
+    from safetensors import safe_open
+    sets = trainer.stage(model_path, tmp_path / "staged", chunk_bytes=400_000)
+    source = trainer.Source(model_path)
+    for s in sets:
+        names, size = [], 0
+        for path in s.paths:
+            with safe_open(path, framework="pt") as f:
+                for k in f.keys():
+                    names.append(k)
+                    t = f.get_tensor(k)
+                    size += t.numel() * t.element_size()
+        assert sorted(names) == sorted(source.names) and size == s.bytes
+    assert sets[0].paths[:-1] == sets[1].paths[:-1] and len(sets[0].paths) > 2  # shared chunks, then its own
+
+
+def test_a_preset_without_weight_files_is_staged_in_its_layout(tmp_path, monkeypatch):
+    """tiny-qwen3 has no weight files (vLLM makes them): the trainer makes every tensor of
+    its Hugging Face layout, and marks it by its RMSNorm."""
+    from bench_pause.model import cached_preset
+    monkeypatch.setenv("BENCH_PAUSE_CACHE", str(tmp_path / "cache"))
+    sets = trainer.stage(cached_preset("tiny-qwen3"), tmp_path / "staged")
+    assert [s.tokens for s in sets] == [(4, 5), (6, 7)] and sets[0].bytes == sets[1].bytes > 1e6
 
 
 def _sync(mode: str, max_tokens: int = 32, backend: str = "offline") -> Scenario:
@@ -110,7 +136,7 @@ def test_http_push_through_the_dev_routes(http_session, measure_on, mode):
 def test_a_push_that_loads_other_weights_than_claimed_fails(offline_session, measure_on):
     real = offline_session.weights
     a, b = real.staged.sets
-    lying = weight_sync.Staged([a, dataclasses.replace(b, path=a.path)], real.staged.dir)
+    lying = weight_sync.Staged([a, dataclasses.replace(b, paths=a.paths)], real.staged.dir)
     offline_session.weights = weight_sync.EngineWeights(lying, loaded=0)  # next: "B", which loads A
     try:
         v = measure_on(offline_session, _sync("keep")).metrics
@@ -125,11 +151,13 @@ def test_weight_sync_refuses_a_server_it_did_not_start(tmp_path):
     assert r.returncode == 2 and "drop --url" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def test_weight_sync_refuses_a_model_without_weight_files(tmp_path, monkeypatch):
-    monkeypatch.setenv("BENCH_PAUSE_CACHE", str(tmp_path / "cache"))
-    r = bench_pause("run", "--cycle", "weight_sync", "--model", "tiny-qwen3", "--backend", "offline",
+def test_weight_sync_refuses_a_model_it_cannot_mark(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["OPTForCausalLM"], "model_type": "opt"}))
+    r = bench_pause("run", "--cycle", "weight_sync", "--model", model, "--backend", "offline",
                     "--out", tmp_path / "out", timeout=300)
-    assert r.returncode == 2 and "no *.safetensors weights" in r.stderr, r.stderr
+    assert r.returncode == 2 and "no *.safetensors weights to push" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out" / "runs.parquet").exists()
 
 

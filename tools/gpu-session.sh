@@ -21,6 +21,9 @@
 #   bash tools/gpu-session.sh history [MODEL] # one GPU: every release whose bundle is installed
 #                                             #   (~/vllm-X/env.sh), interleaved, --profile compare on
 #                                             #   $BACKENDS (default offline); resumable, call it again
+#   bash tools/gpu-session.sh weight_sync [MODEL]  # one GPU: the weight_sync cycle (every mode, cache
+#                                             #   both ways) on both backends, the trainer's sets staged
+#                                             #   in /dev/shm (qwen3-8b by default: 16 GB a set)
 # A step that resumes (cmp, history) continues from the run directories in the working tree: unpack
 # each call's tarball into the checkout before the next call, since the tree that travels
 # with a call replaces the host's copy (forgetting it once made a call repeat the previous one).
@@ -111,6 +114,15 @@ case ${1:-info} in
       --model "$model" --startup-timeout 300 2>&1 | tail -60
     echo "history exit ${PIPESTATUS[0]}"
     pack history "$out" "docs/history/$MACHINE"
+    ;;
+  weight_sync)
+    model=${2:-qwen3-8b}
+    out="results/$MACHINE-v$VLLM_VERSION-weight-sync-$model"
+    timeout -k 40 "$LIMIT_S" python3 -m bench_pause run --model "$model" --cycle weight_sync --backend offline http \
+      --mode keep abort wait --pause-point tokens:20 --max-tokens 128 --concurrency 8 --hold 0 \
+      --clear-cache true false --repeats "${REPEATS:-4}" --startup-timeout 300 --out "$out" 2>&1 | tail -40
+    echo "weight_sync exit ${PIPESTATUS[0]}"
+    pack "weight-sync-$model" "$out"
     ;;
   dp1)
     i=0
