@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from bench_pause import compare, stats, vllm_compat
+from bench_pause.scenario import ScenarioError
 from bench_pause.interleave import ROOT, Variant
 from bench_pause.scenario import ScenarioError
 
@@ -144,13 +145,20 @@ def environments(releases: list[str], modes: list[str], say=print) -> tuple[list
                 left_out.append({"release": release, "reason": reason})
                 continue
         version, api, why = probe(Variant(release, env))
-        if api is None:
+        try:
+            if api is not None:
+                vllm_compat.check_modes(api, modes, version)
+            refused = ""
+        except ScenarioError as exc:
+            refused = str(exc)
+        if version == "?":
+            left_out.append({"release": release, "reason": f"vLLM did not import: {why}"})
+        elif api is None:
             left_out.append({"release": release, "reason": f"no pause API: {why}"})
         elif version != release:
             left_out.append({"release": release, "reason": f"its environment {env} holds vLLM {version}"})
-        elif api == vllm_compat.LEGACY_API and "keep" in modes:
-            left_out.append({"release": release, "reason": "only the legacy pause API (wait/abort): keep mode "
-                                                           "cannot be measured; leave keep out to include it"})
+        elif refused:
+            left_out.append({"release": release, "reason": refused})
         else:
             variants.append(Variant(release, env, vllm=version))
             say(f"vLLM {release}: {env} (pause API: {api})")

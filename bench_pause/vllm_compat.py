@@ -98,10 +98,12 @@ def check_weight_transfer() -> None:
         raise VllmError(f"vLLM {vllm_version()}: its weight-transfer registry takes no new backend")
 
 
-def check_modes(api: str, modes: list[str]) -> None:
-    """The legacy API has no keep mode; say so before anything starts."""
+def check_modes(api: str, modes: list[str], version: str | None = None) -> None:
+    """The legacy API has no keep mode; say so before anything starts (``version``: of the
+    vLLM that has ``api``, this one's by default)."""
     if api == LEGACY_API and "keep" in modes:
-        raise ScenarioError(f"vLLM {vllm_version()} has only the old pause API (wait/abort): drop mode keep")
+        raise ScenarioError(f"vLLM {version or vllm_version()} has only the old pause API (wait/abort): "
+                            "drop mode keep")
 
 
 def pause_kwargs(api: str, mode: str, clear_cache: bool) -> dict:

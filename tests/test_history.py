@@ -102,13 +102,16 @@ def test_releases_that_cannot_run_are_listed_with_their_reason(monkeypatch):
     from bench_pause import vllm_compat
     answers = {"0.1.0": ("0.1.0", None, "vLLM 0.1.0 has no AsyncLLM.pause_generation: it cannot pause"),
                "0.15.0": ("0.15.0", vllm_compat.LEGACY_API, ""), "0.30.0": ("0.30.0", vllm_compat.MODE_API, ""),
-               "0.31.0": ("0.29.0", vllm_compat.MODE_API, "")}
+               "0.31.0": ("0.29.0", vllm_compat.MODE_API, ""),
+               "0.33.0": ("?", None, "ImportError: libnuma.so.1: cannot open shared object file")}
     monkeypatch.setattr(history, "environment", lambda release, current: (f"/envs/{release}", False))
     monkeypatch.setattr(history, "probe", lambda v: answers[v.name])
     ok, left = history.environments(list(answers), ["keep", "abort"], say=lambda *_: None)
     assert [v.name for v in ok] == ["0.30.0"] and ok[0].vllm == "0.30.0"
     reasons = {x["release"]: x["reason"] for x in left}
-    assert reasons["0.1.0"].startswith("no pause API") and "keep mode" in reasons["0.15.0"]
+    assert reasons["0.1.0"].startswith("no pause API") and "drop mode keep" in reasons["0.15.0"]
+    assert reasons["0.15.0"].startswith("vLLM 0.15.0 has only the old pause API")  # its version, not this one's
+    assert reasons["0.33.0"] == "vLLM did not import: ImportError: libnuma.so.1: cannot open shared object file"
     assert "holds vLLM 0.29.0" in reasons["0.31.0"]
     ok, _ = history.environments(["0.15.0"], ["abort", "wait"], say=lambda *_: None)
     assert [v.name for v in ok] == ["0.15.0"]  # without keep, the legacy API can run
