@@ -200,6 +200,8 @@ def time_to_pause(data: Runs, out: Path) -> list[Path]:
                 for mode in MODES for pp in sorted(cell["pause_point"].unique())
                 if ((cell["mode"] == mode) & (cell["pause_point"] == pp)).any()]
 
+    if not len(data.plain):  # only edge or weight_sync cycles: no plain pause to draw
+        return []
     fig = _panels(data.plain, [("pause_api_s", "pause call to return (ms)"),
                                   ("quiesce_s", "pause call to last token (ms)")], by_mode_and_point,
                   reference_itl=True, log=True)
@@ -216,6 +218,8 @@ def gap(data: Runs, out: Path) -> list[Path]:
                  MODE_COLORS["keep"]) for mt, c in keys]
 
     m = data.plain
+    if not (m["mode"] == "keep").any():
+        return []
     fig = _panels(m[m["mode"] == "keep"], [("gap_excess_s", "gap minus hold (ms)"),
                                           ("resume_ttft_s", "resume call to first token (ms)")],
                   by_length_and_streams)
@@ -510,8 +514,9 @@ def weight_sync(data: Runs, out: Path) -> list[Path]:
               ("sync_update_s", "push: update"), ("sync_finish_s", "push: finish"),
               ("resume_ttft_s", "resume call to first token")]
     colors = ["#4c72b0", "#8c8c8c", "#dd8452", "#c44e52", "#937860", "#55a868"]
-    fig, ax = plt.subplots(figsize=(9, 1.0 + 0.55 * len(table)))
-    labels = [f"{r.backend} dp{r.dp_size} {r.mode} {'clear' if r.clear_cache else 'keep'} ({r.n})"
+    height = 1.6 + 0.45 * len(table)
+    fig, ax = plt.subplots(figsize=(9, height))
+    labels = [f"{r.backend} dp{r.dp_size} {r.mode} c{r.concurrency} {'clear' if r.clear_cache else 'keep'} ({r.n})"
               for r in table.itertuples(index=False)]
     y = np.arange(len(table))
     left = np.zeros(len(table))
@@ -526,9 +531,9 @@ def weight_sync(data: Runs, out: Path) -> list[Path]:
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("ms (p50 of each phase, stacked)")
-    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.18 - 0.02 * len(table)))
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=7, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 0.03))
     ax.set_title("weight_sync: pause, push a full weight set, resume", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.75 / height, 1, 1))  # the legend's room, in inches
     return _save(fig, out, "weight_sync", data)
 
 

@@ -173,11 +173,12 @@ def syncs(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def sync_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    header = ["backend", "dp", "mode", "cache", "ok", *[f"{label} ms" for _, label in SYNC_PHASES],
+    header = ["backend", "dp", "mode", "conc", "cache", "ok", *[f"{label} ms" for _, label in SYNC_PHASES],
               "push ms", "no token ms", "MB", "GB/s", "wrong tok", "checked tok"]
     body = []
     for r in table.itertuples(index=False):
-        body.append([r.backend, str(r.dp_size), r.mode, "clear" if r.clear_cache else "keep", f"{r.ok}/{r.n}",
+        body.append([r.backend, str(r.dp_size), r.mode, str(r.concurrency), "clear" if r.clear_cache else "keep",
+                     f"{r.ok}/{r.n}",
                      *[_tail(r, name) for name, _ in SYNC_PHASES], _tail(r, "sync_s"), _tail(r, "dark_s"),
                      f"{r.sync_mb:.1f}", f"{r.sync_gbps_p50:.2f}", f"{r.wrong_max:g}", f"{r.checked_min:g}"])
     return header, body

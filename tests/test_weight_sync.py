@@ -55,10 +55,11 @@ def test_rms_sets_make_their_pair_of_tokens_whatever_the_input():
     sets = trainer.marked_sets(tensors)
     assert [t for _, t in sets] == [(4, 5), (6, 7)]
     x = torch.randn(500, hidden, generator=g)
+    x[0, 0] = 0.0  # a coordinate that cancelled to exactly 0 (bf16): the whole sum still decides
     for changed, tokens in sets:
-        made = set((_rms_norm(x, changed["model.norm.weight"]) @ changed["lm_head.weight"].T).argmax(-1).tolist())
-        assert made == set(tokens)  # either sign of the kept coordinate occurs in 500 draws
-        assert torch.equal(changed["lm_head.weight"][:, 1:], tensors["lm_head.weight"][:, 1:])
+        assert set(changed) == {"lm_head.weight"}  # the norm is the checkpoint's
+        made = set((_rms_norm(x, tensors["model.norm.weight"]) @ changed["lm_head.weight"].T).argmax(-1).tolist())
+        assert made == set(tokens)  # either sign of the sum occurs in 500 draws
 
 
 def test_a_checkpoint_without_a_marker_is_refused(tmp_path):
