@@ -99,6 +99,9 @@ class Source:
     here, small uniform values (what a push moves is bytes; the marker fixes the tokens)."""
 
     def __init__(self, model_dir: str) -> None:
+        if not Path(model_dir).is_dir():
+            raise ValueError(f"{model_dir} is no local directory: the trainer reads the weights it pushes from "
+                             "one (give a preset or a downloaded model's directory)")
         self.files = sorted(Path(model_dir).glob("*.safetensors"))
         self.specs: dict[str, tuple[tuple[int, ...], str]] = {}
         self.dtype = torch.bfloat16

@@ -67,8 +67,11 @@ def test_a_checkpoint_without_a_marker_is_refused(tmp_path):
     save_file({"model.norm.weight": torch.ones(4)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match="no marker"):
         trainer.check(str(tmp_path))
+    (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no .*safetensors"):
         trainer.check(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="no local directory"):
+        trainer.check("Qwen/Qwen3-8B")
 
 
 def test_staging_writes_the_shared_tensors_once_and_each_set_whole(tmp_path, model_path):
