@@ -93,7 +93,7 @@ def test_run_writes_all_four_files(tmp_path):
     assert meta["engines"][0]["startup_s"] > 0
     # The trainer's staged sets are recorded and removed once the sweep ended.
     assert [s["name"] for s in meta["weight_sets"]] == ["A", "B"]
-    assert not any(Path(s["path"]).exists() for s in meta["weight_sets"])
+    assert not any(Path(path).exists() for s in meta["weight_sets"] for path in s["paths"])
     assert "p50 / p90 / max per scenario" in r.stdout
 
 
