@@ -33,6 +33,17 @@ def _p90(values: pd.Series) -> float:
     return float(np.percentile(v, 90)) if len(v) else math.nan
 
 
+def _tails(grouped: "pd.core.groupby.DataFrameGroupBy", metrics: list[str]) -> pd.DataFrame:
+    """Per cell: its pause count ``n``, how many were ``ok``, and each metric's p50, p90, max."""
+    out = grouped.size().rename("n").to_frame()
+    out["ok"] = grouped["ok"].sum().astype(int)
+    for metric in metrics:
+        out[f"{metric}_p50"] = grouped[metric].median()
+        out[f"{metric}_p90"] = grouped[metric].agg(_p90)
+        out[f"{metric}_max"] = grouped[metric].max()
+    return out
+
+
 def stalls(runs: pd.DataFrame) -> pd.DataFrame:
     """Every measured pause with a stalled metric: one row per (pause, metric), with the
     cell's p50, the value, and the columns that may explain it."""
@@ -63,12 +74,7 @@ def cells(runs: pd.DataFrame) -> pd.DataFrame:
     if not len(runs):
         return pd.DataFrame()
     grouped = runs.groupby(CELL, dropna=False, sort=True)
-    out = grouped.size().rename("n").to_frame()
-    out["ok"] = grouped["ok"].sum().astype(int)
-    for metric in TIMING:
-        out[f"{metric}_p50"] = grouped[metric].median()
-        out[f"{metric}_p90"] = grouped[metric].agg(_p90)
-        out[f"{metric}_max"] = grouped[metric].max()
+    out = _tails(grouped, TIMING)
     out["leak_tokens_max"] = grouped["leak_tokens"].max()
     out["itl_median_s"] = grouped["itl_median_s"].median()
     out["preemptions_median"] = grouped["preemptions"].median() if "preemptions" in runs else float("nan")
@@ -159,12 +165,7 @@ def syncs(runs: pd.DataFrame) -> pd.DataFrame:
     if not len(m):
         return pd.DataFrame()
     grouped = m.groupby(CELL, dropna=False, sort=True)
-    out = grouped.size().rename("n").to_frame()
-    out["ok"] = grouped["ok"].sum().astype(int)
-    for metric in [name for name, _ in SYNC_PHASES] + ["sync_s", "dark_s"]:
-        out[f"{metric}_p50"] = grouped[metric].median()
-        out[f"{metric}_p90"] = grouped[metric].agg(_p90)
-        out[f"{metric}_max"] = grouped[metric].max()
+    out = _tails(grouped, [name for name, _ in SYNC_PHASES] + ["sync_s", "dark_s"])
     out["sync_gbps_p50"] = grouped["sync_gbps"].median()
     out["sync_mb"] = grouped["sync_bytes"].max() / 1e6
     out["wrong_max"] = grouped["wrong_weight_tokens"].max()

@@ -97,7 +97,7 @@ async def attach(session: Session, staged: Staged, timeouts: Timeouts) -> None:
 async def push(session: Session, trace: tr.Trace, timeouts: Timeouts) -> None:
     """Push the set the engine does not hold: start, one update per file, finish, each
     bounded by a timeout."""
-    weights: EngineWeights | None = getattr(session, "weights", None)
+    weights: EngineWeights | None = session.weights
     if weights is None:
         raise RuntimeError("weight_sync on an engine that was not attached (weight_sync.attach)")
     old, index = weights.next()

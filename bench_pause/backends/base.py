@@ -53,6 +53,8 @@ class Session(abc.ABC):
     """One running engine, measured through one backend."""
 
     backend: str
+    # What a weight_sync push loads next (weight_sync.EngineWeights); set by weight_sync.attach.
+    weights = None
 
     def __init__(self, info: SessionInfo, timeouts: Timeouts) -> None:
         self.info = info
