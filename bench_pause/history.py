@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 
 from bench_pause import compare, stats, vllm_compat
-from bench_pause.scenario import ScenarioError
 from bench_pause.interleave import ROOT, Variant
 from bench_pause.scenario import ScenarioError
 

@@ -222,12 +222,14 @@ def _per_server(events: pd.DataFrame, per_rank: dict[str, dict], servers: int,
 
 
 def _ids(tokens: pd.DataFrame) -> list[list[int]]:
-    col = tokens["ids"] if "ids" in tokens else pd.Series([""] * len(tokens), index=tokens.index)
-    return [[int(i) for i in str(v).split(",")] if isinstance(v, str) and v else [] for v in col]
+    """Each output's token ids; [] where none were recorded (traces before version 4 have no column)."""
+    if "ids" not in tokens:
+        return [[] for _ in range(len(tokens))]
+    return [[int(i) for i in v.split(",")] if isinstance(v, str) and v else [] for v in tokens["ids"]]
 
 
-def _weight_sync(tokens: pd.DataFrame, events: pd.DataFrame, pause_ret: float, resume_call: float,
-                 first_submit: float) -> dict:
+def _weight_sync(tokens: pd.DataFrame, events: pd.DataFrame, pause_call: float, pause_ret: float,
+                 resume_call: float, first_submit: float) -> dict:
     """The weight_sync metrics (module docstring); NaN for every other cycle."""
     nan = math.nan
     out = dict.fromkeys(("idle_s", "sync_start_s", "sync_update_s", "sync_finish_s", "sync_s", "sync_bytes",
@@ -248,15 +250,15 @@ def _weight_sync(tokens: pd.DataFrame, events: pd.DataFrame, pause_ret: float, r
     after = t[t >= resume_call]
     last = float(before_pause.max()) if len(before_pause) else first_submit
     new, old = set(sets["new"]), set(sets["old"]) if sets.get("old") is not None else None
-    pause_call = _event_time(events, tr.PAUSE_CALL)
     right = wrong = 0
-    for when, ids in zip(t, _ids(tokens)):
+    token_ids = _ids(tokens)
+    for when, ids in zip(t, token_ids):
         if when >= resume_call:
             right += sum(i in new for i in ids)
             wrong += sum(i not in new for i in ids)
         elif when < pause_call and old is not None:
             wrong += sum(i not in old for i in ids)
-    checked = "ids" in tokens and bool((tokens["ids"].fillna("") != "").any())
+    checked = any(token_ids)  # a trace recorded without ids cannot say which weights made a token
     out.update({
         "idle_s": max(clocks) - pause_ret if clocks else nan,
         "sync_start_s": start_ret - start_call,
@@ -365,7 +367,8 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
         if (events["event"] == call).any():
             second_call = _event_time(events, ret) - _event_time(events, call)
 
-    synced = _weight_sync(tokens, events, pause_ret, resume_call, float(submit0.iloc[0]) if len(submit0) else math.nan)
+    synced = _weight_sync(tokens, events, pause_call, pause_ret, resume_call,
+                          float(submit0.iloc[0]) if len(submit0) else math.nan)
     if error:
         ok = False
     elif checks and not (served(checks) and synced["wrong_weight_tokens"] == 0 and synced["new_weight_tokens"] > 0):

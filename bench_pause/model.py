@@ -15,6 +15,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 # Bump when a preset's files change, so cached copies are rebuilt.
 PRESET_REVISION = 1
@@ -282,18 +283,23 @@ def tensor_specs(preset: Preset) -> list[Spec]:
     return _SPECS[preset.arch](preset)
 
 
+def make_tensor(shape: tuple[int, ...], init: str, dtype: "torch.dtype",
+                rand: Callable[[tuple[int, ...]], "torch.Tensor"]) -> "torch.Tensor":
+    """One spec's tensor: ``rand(shape)`` (the caller's random values) cast to ``dtype``, or ones / zeros."""
+    import torch
+    if init == "rand":
+        return rand(shape).to(dtype)
+    return (torch.ones if init == "ones" else torch.zeros)(shape, dtype=dtype)
+
+
 def _write_weights(preset: Preset, out: Path, seed: int) -> None:
     import torch
     from safetensors.torch import save_file
 
     gen = torch.Generator().manual_seed(seed)
     dtype = getattr(torch, preset.dtype)
-    tensors = {}
-    for name, shape, init in tensor_specs(preset):
-        if init == "rand":
-            tensors[name] = (torch.randn(*shape, generator=gen) * 0.02).to(dtype)
-        else:
-            tensors[name] = (torch.ones if init == "ones" else torch.zeros)(*shape, dtype=dtype)
+    tensors = {name: make_tensor(shape, init, dtype, lambda shape: torch.randn(*shape, generator=gen) * 0.02)
+               for name, shape, init in tensor_specs(preset)}
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
 
 

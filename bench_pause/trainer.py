@@ -139,12 +139,11 @@ class Source:
                     with safe_open(str(f), framework="pt") as handle:
                         out.update({n: handle.get_tensor(n) for n in wanted})
             return out
-        out = {}
-        for n in names:
-            shape, init = self.specs[n]
-            out[n] = (torch.empty(shape, dtype=self.dtype).uniform_(-0.02, 0.02) if init == "rand"
-                      else (torch.ones if init == "ones" else torch.zeros)(shape, dtype=self.dtype))
-        return out
+        from bench_pause.model import make_tensor
+
+        def rand(shape: tuple[int, ...]) -> torch.Tensor:  # uniform: fast enough for 30 B parameters
+            return torch.empty(shape, dtype=self.dtype).uniform_(-0.02, 0.02)
+        return {n: make_tensor(*self.specs[n], self.dtype, rand) for n in names}
 
 
 def check(model_dir: str) -> None:
