@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bench_pause.profiles import PROFILES
 from bench_pause.scenario import BACKENDS, CYCLES, MODES, Grid, ScenarioError
+from bench_pause.weight_sync import TRANSFERS
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INT, EXIT_TERM = 1, 2, 130, 143
 
@@ -55,6 +56,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="requests submitted while paused (they must wait for the resume)")
     p.add_argument("--cycle", nargs="+", choices=CYCLES, dest="cycles",
                    help="what is done around the pause: the normal cycle or an edge cycle (README)")
+    p.add_argument("--transfer", choices=tuple(TRANSFERS),
+                   help="how the weight_sync cycle pushes: vLLM's CUDA IPC from a trainer on the engine's GPU "
+                        "(ipc: one update, handles to the trainer's tensors; ipc_packed: vLLM's 1 GB buffers), "
+                        "or files in host shared memory (shm). Default: ipc on a GPU, shm on a CPU")
     p.add_argument("--repeats", type=int)
     p.add_argument("--model", help="a preset (below), a local model directory or a Hugging Face id. Default: "
                                     "qwen3-30b-a3b on a GPU with >= 75 GiB, qwen3-8b on a smaller one, tiny on a CPU")
@@ -206,7 +211,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ScenarioError("--resume needs the --out of the run to continue")
     cfg = sweep.SweepConfig(
         grid=_grid(args), out=out, model=args.model, engine_args=args.engine_args, urls=args.urls,
-        seed=args.seed, resume=args.resume, fail_fast=args.fail_fast, profile=args.profile,
+        seed=args.seed, resume=args.resume, fail_fast=args.fail_fast, profile=args.profile, transfer=args.transfer,
         timeouts=Timeouts(startup=args.startup_timeout, pause=args.pause_timeout,
                           resume=args.pause_timeout, stream=args.stream_timeout))
     progress = RichProgress()

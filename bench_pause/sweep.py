@@ -47,6 +47,7 @@ class SweepConfig:
     resume: bool = False
     fail_fast: bool = False
     profile: str | None = None
+    transfer: str | None = None  # how a weight_sync cycle pushes (weight_sync.TRANSFERS); None: by host
 
 
 @dataclass
@@ -57,6 +58,8 @@ class Plan:
     total: int
     skipped: list[str]
     sync_model: str | None = None  # the model whose weight sets a weight_sync cycle pushes
+    transfer: str | None = None  # and how (weight_sync.TRANSFERS)
+    trainer_host: bool = False  # from pinned host memory (ipc_packed where the GPU has no room for the sets)
 
 
 def _check_out_dir(out: Path) -> None:
@@ -85,8 +88,10 @@ def plan(cfg: SweepConfig, say: Say = print) -> Plan:
                 say(f"[yellow]warning:[/yellow] {warning}")
         scenarios = [dataclasses.replace(sc, servers=len(cfg.urls)) if sc.backend == "http" else sc
                      for sc in scenarios]
-    engine, sync_model = None, None
+    engine, sync_model, transfer = None, None, cfg.transfer
     syncs = "weight_sync" in cfg.grid.cycles
+    if transfer and not syncs:
+        raise ScenarioError("--transfer says how the weight_sync cycle pushes weights: add --cycle weight_sync")
     if syncs and cfg.urls:
         raise ScenarioError("the weight_sync cycle starts its own engines (it sets --weight-transfer-config "
                             "and --worker-extension-cls): drop --url")
@@ -98,21 +103,18 @@ def plan(cfg: SweepConfig, say: Say = print) -> Plan:
         vllm_compat.check_modes(api, list(cfg.grid.modes))
         gpu = vllm_compat.on_gpu()
         model = resolve_model(cfg.model) if cfg.model else default_model(gpu, vllm_compat.gpu_memory_gib())
-        if syncs:
-            from bench_pause import trainer  # torch: only for a sweep that pushes weights
-            vllm_compat.check_weight_transfer()
-            try:
-                trainer.check(model)
-            except ValueError as exc:
-                raise ScenarioError(f"weight_sync: {exc}") from exc
-            sync_model = model
-        engine = vllm_compat.engine_config(model, [*cfg.engine_args, *([weight_sync.ENGINE_ARGS] if syncs else [])], gpu)
         if gpu:
             gpus = vllm_compat.gpu_count()
             too_big = sorted({sc.dp_size for sc in scenarios if sc.dp_size > gpus})
             if too_big:
                 say(f"skipping dp size {', '.join(map(str, too_big))}: this host has {gpus} GPU(s)")
                 scenarios = [sc for sc in scenarios if sc.dp_size <= gpus]
+        extra, defaults, host = [], {}, False
+        if syncs:
+            transfer = transfer or ("ipc" if gpu else "shm")
+            extra, defaults, host = _sync_engine_flags(model, transfer, gpu, scenarios, say)
+            sync_model = model
+        engine = vllm_compat.engine_config(model, [*cfg.engine_args, *extra], gpu, defaults)
     done = set()
     if cfg.resume:
         recorded = read_meta(cfg.out).get("vllm_version")
@@ -125,7 +127,39 @@ def plan(cfg: SweepConfig, say: Say = print) -> Plan:
             done = {tuple(r) for r in measured[Scenario.columns()].itertuples(index=False)}
     todo = [sc for sc in scenarios if tuple(sc.as_dict().values()) not in done]
     skipped = [f"{len(scenarios) - len(todo)} cells already measured"] if done else []
-    return Plan(cfg, engine, group_by_engine(todo, cfg.seed), len(todo), skipped, sync_model)
+    return Plan(cfg, engine, group_by_engine(todo, cfg.seed), len(todo), skipped, sync_model, transfer, host)
+
+
+def _sync_engine_flags(model: str, transfer: str, gpu: bool, scenarios: list[Scenario],
+                       say: Say) -> tuple[list[str], dict[str, list[str]], bool]:
+    """What a weight_sync sweep adds to the engine's flags (its backend and worker
+    extension) and to their defaults (over CUDA IPC, the memory share that leaves room for
+    the trainer's copy on the same GPU), and whether the trainer holds its sets in host
+    memory (packed IPC where they do not fit the GPU beside an engine); ScenarioError for
+    what cannot run."""
+    from bench_pause import trainer  # torch: only for a sweep that pushes weights
+    vllm_compat.check_weight_transfer()
+    try:
+        trainer_bytes = trainer.check(model)
+    except ValueError as exc:
+        raise ScenarioError(f"weight_sync: {exc}") from exc
+    defaults = {}
+    if transfer != "shm":
+        if not gpu:
+            raise ScenarioError(f"--transfer {transfer} is vLLM's CUDA IPC: it needs a CUDA GPU (use --transfer shm)")
+        if any(sc.dp_size > 1 for sc in scenarios):
+            raise ScenarioError(f"--transfer {transfer}: CUDA IPC reaches the workers on the trainer's GPU only; "
+                                "use --dp 1, or --transfer shm")
+        try:
+            share = weight_sync.gpu_share(trainer_bytes, int(vllm_compat.gpu_memory_gib() * 2**30))
+            defaults["gpu_memory_utilization"] = ["--gpu-memory-utilization", str(share)]
+        except ScenarioError:
+            if transfer != "ipc_packed":
+                raise
+            say(f"the trainer's sets ({trainer_bytes / 2**30:.0f} GiB) do not fit the GPU beside an engine: "
+                "it holds them in pinned host memory and packs them onto the GPU per push")
+            return [weight_sync.engine_args(transfer)], defaults, True
+    return [weight_sync.engine_args(transfer)], defaults, False
 
 
 def exposure_warning(url: str) -> str:
@@ -200,9 +234,12 @@ async def run(p: Plan, progress: Progress | None = None, stop: asyncio.Event | N
     outcome = Outcome(rundir)
     staged = None
     if p.sync_model and p.total:
-        progress.say("staging the weight sets (the trainer)")
-        staged = await asyncio.to_thread(weight_sync.stage, p.sync_model)
-        info["weight_sets"] = [dataclasses.asdict(s) for s in staged.sets]
+        progress.say(f"staging the weight sets (the trainer, transfer {p.transfer})")
+        if p.transfer != "shm":  # set before any engine starts: its processes inherit it
+            os.environ[weight_sync.IPC_ENV] = "1"
+        staged = await asyncio.to_thread(weight_sync.stage, p.sync_model, p.transfer, p.trainer_host)
+        info.update(weight_transfer=p.transfer, weight_sets=[dataclasses.asdict(s) for s in staged.sets],
+                    trainer_device=staged.device)
         write_json(meta_path, info)
     progress.start(p.total)
     try:

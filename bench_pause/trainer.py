@@ -17,18 +17,34 @@ whatever the prompt and the rest of the network:
 
 Every other tensor is the checkpoint's, so the push moves the model's full size. Set A
 and set B use different tokens, so a token tells which set made it (metrics.weight_sync).
-``python -m bench_pause.trainer MODEL_DIR OUT_DIR`` stages both sets as safetensors files in
-``OUT_DIR`` (the engine's workers read them: see transfer_worker) and prints them as JSON:
-it runs as its own process, as a trainer does. The tensors both sets share are written
-once, so staging needs the model's size once, not twice.
+The trainer runs as its own process, as a trainer does, in one of two ways:
+
+- ``python -m bench_pause.trainer MODEL_DIR OUT_DIR`` stages both sets as safetensors files
+  in ``OUT_DIR`` (``bench_shm``: the engine's workers read them, see transfer_worker) and
+  prints them as JSON. The tensors both sets share are written once.
+- ``python -m bench_pause.trainer MODEL_DIR --serve ipc|ipc_packed [--host-memory]`` (a
+  CUDA GPU, the engine's): holds both sets on the GPU (shared tensors once), or packed
+  from pinned host memory where the GPU has no room for them beside the engine (as a
+  trainer that offloads its parameters), prints them as one JSON line, then answers ``{"send": i}`` lines by running vLLM's own
+  ``IPCWeightTransferEngine.trainer_send_weights`` for set ``i``, unpacked (one update with
+  a CUDA-IPC handle per tensor) or packed (vLLM's 1 GB buffers, one update each). Each
+  update it would send is written as ``{"update": info}`` for the client to pass to the
+  engine's ``update_weights``; the trainer waits for ``ok`` before it goes on (a packed
+  buffer is reused), then says ``{"done": i}``. Protocol lines go to the process's
+  stdout and everything else (vLLM's log) to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import math
+import os
+import pickle
 import sys
+from collections.abc import Iterator
+from typing import IO
 from dataclasses import asdict
 from pathlib import Path
 
@@ -129,27 +145,37 @@ class Source:
         self.nbytes = {name: math.prod(shape) * self.dtype.itemsize for name, (shape, _) in self.specs.items()}
         self.names = list(self.specs)
 
-    def load(self, names: list[str]) -> dict[str, torch.Tensor]:
+    def load(self, names: list[str], device: str = "cpu", pin: bool = False) -> dict[str, torch.Tensor]:
+        """The named tensors, made or read straight onto ``device`` (host memory that CUDA
+        copies from directly with ``pin``)."""
         if not self.specs:
             from safetensors import safe_open
             out = {}
             for f in self.files:
                 wanted = [n for n in names if self.where[n] == f]
                 if wanted:
-                    with safe_open(str(f), framework="pt") as handle:
+                    with safe_open(str(f), framework="pt", device=device) as handle:
                         out.update({n: handle.get_tensor(n) for n in wanted})
-            return out
+            return {n: t.pin_memory() for n, t in out.items()} if pin else out
         from bench_pause.model import make_tensor
 
         def rand(shape: tuple[int, ...]) -> torch.Tensor:  # uniform: fast enough for 30 B parameters
-            return torch.empty(shape, dtype=self.dtype).uniform_(-0.02, 0.02)
-        return {n: make_tensor(*self.specs[n], self.dtype, rand) for n in names}
+            return torch.empty(shape, dtype=self.dtype, device=device, pin_memory=pin).uniform_(-0.02, 0.02)
+
+        def made(name: str) -> torch.Tensor:
+            t = make_tensor(*self.specs[name], self.dtype, rand)
+            return t if t.device.type != "cpu" or t.is_pinned() == pin else t.pin_memory()
+        return {n: made(n).to(device) for n in names}
 
 
-def check(model_dir: str) -> None:
+def check(model_dir: str) -> int:
     """Whether ``model_dir`` holds (or names) a checkpoint this module can mark, cheaply:
-    names only. ValueError with the reason."""
-    _marker(set(Source(model_dir).names))
+    names only. ValueError with the reason; else the bytes both sets take on the trainer's
+    device (the shared tensors once, the changed ones twice)."""
+    source = Source(model_dir)
+    read = _marker(set(source.names))
+    changed = read[:2] if read == _OPT else read[1:]  # the norm (OPT), the head (RMS): what marked_sets replaces
+    return sum(source.nbytes.values()) + sum(source.nbytes[n] for n in changed)
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path) -> int:
@@ -193,11 +219,75 @@ def stage(model_dir: Path, out: Path, chunk_bytes: int = 2 << 30) -> list[Weight
     return sets
 
 
+def _say(out: IO[str], message: dict) -> None:
+    out.write(json.dumps(message) + "\n")
+    out.flush()
+
+
+def serve(model_dir: Path, packed: bool, host: bool, out: IO[str], inp: IO[str]) -> None:
+    """Hold both sets on this process's CUDA device (or in pinned host memory: ``host``)
+    and push the asked one through vLLM's IPC trainer API, relaying each update over
+    ``out``/``inp`` (the module's docstring)."""
+    from bench_pause.transfer_worker import ipc_engine
+    ipc = ipc_engine()
+    device = "cpu" if host else f"cuda:{torch.cuda.current_device()}"
+    source = Source(str(model_dir))
+    marked = marked_sets(source.load(list(_marker(set(source.names))), device, pin=host))
+    if host:  # the marked tensors are new ones
+        marked = [({n: t.pin_memory() for n, t in tensors.items()}, tokens) for tensors, tokens in marked]
+    changed = set(marked[0][0])
+    shared = source.load([n for n in source.names if n not in changed], device, pin=host)
+    ordered = [[(n, tensors.get(n, shared.get(n))) for n in source.names] for tensors, _ in marked]
+    sets = [WeightSet(name, (), tokens, sum(t.numel() * t.element_size() for _, t in order))
+            for name, (_, tokens), order in zip(SET_NAMES, marked, ordered)]
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()  # what marking read and dropped: the engine starts beside what remains
+    free, total = torch.cuda.mem_get_info()
+    _say(out, {"sets": [asdict(s) for s in sets], "device_bytes": torch.cuda.memory_allocated(),
+               "free": free, "total": total})
+
+    def relay(update) -> None:  # vLLM's IPCWeightTransferUpdateInfo; handles pickled as its HTTP sender does
+        info = {"names": update.names, "dtype_names": update.dtype_names, "shapes": update.shapes,
+                "packed": update.packed,
+                "ipc_handles_pickled": base64.b64encode(pickle.dumps(update.ipc_handles)).decode()}
+        if update.tensor_sizes is not None:
+            info["tensor_sizes"] = update.tensor_sizes
+        _say(out, {"update": info})
+        if inp.readline().strip() != "ok":
+            raise RuntimeError("the client did not confirm the update")
+
+    while line := inp.readline():
+        index = int(json.loads(line)["send"])
+        tensors: Iterator[tuple[str, torch.Tensor]] = iter(ordered[index])
+        ipc.IPCWeightTransferEngine.trainer_send_weights(
+            tensors, ipc.IPCTrainerSendWeightsArgs(send_mode=relay, packed=packed))
+        _say(out, {"done": index})
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench_pause.trainer", description=__doc__.splitlines()[0])
     p.add_argument("model_dir", type=Path)
-    p.add_argument("out", type=Path)
+    p.add_argument("out", type=Path, nargs="?", help="stage both sets here as files (bench_shm)")
+    p.add_argument("--serve", choices=("ipc", "ipc_packed"),
+                   help="hold both sets on the GPU and push them through vLLM's CUDA IPC on request")
+    p.add_argument("--host-memory", action="store_true",
+                   help="with --serve ipc_packed: hold the sets in pinned host memory, not on the GPU")
     args = p.parse_args(argv)
+    if (args.out is None) == (args.serve is None):
+        p.error("give OUT (stage files) or --serve (push over CUDA IPC), one of them")
+    if args.host_memory and args.serve != "ipc_packed":
+        p.error("--host-memory needs --serve ipc_packed (unpacked IPC shares GPU tensors)")
+    if args.serve:
+        # The protocol keeps the real stdout; whatever else prints (vLLM logs to stdout) goes to stderr.
+        proto = os.fdopen(os.dup(1), "w")
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+        try:
+            serve(args.model_dir, args.serve == "ipc_packed", args.host_memory, proto, sys.stdin)
+        except Exception as exc:  # reported on the protocol, so the client says why
+            _say(proto, {"error": f"{type(exc).__name__}: {exc}"})
+            raise
+        return 0
     try:
         sets = stage(args.model_dir, args.out)
     except (ValueError, OSError) as exc:

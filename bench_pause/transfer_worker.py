@@ -2,8 +2,9 @@
 
 vLLM imports this module in every worker because the engine is started with
 ``--worker-extension-cls bench_pause.transfer_worker.BenchPauseWorker`` (see
-weight_sync.ENGINE_ARGS), before it loads the model; importing it registers the
-``bench_shm`` weight-transfer backend, which ``--weight-transfer-config`` then selects.
+weight_sync.engine_args), before it loads the model; importing it registers the
+``bench_shm`` weight-transfer backend, which ``--weight-transfer-config`` then selects, and
+on a CUDA host imports vLLM's own ``ipc`` backend (``ipc_engine``: see there why here).
 
 ``bench_shm`` is a transport for hosts where vLLM's own (CUDA IPC, NCCL) cannot run, the
 CPU among them: the trainer stages a full weight set as a safetensors file in shared
@@ -22,8 +23,12 @@ answer also means no step is in progress (metrics: ``idle_s``).
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+import sys
 import time
+import types
 from dataclasses import dataclass
 
 import torch
@@ -84,12 +89,41 @@ if BACKEND not in WeightTransferEngineFactory._registry:
     WeightTransferEngineFactory.register_engine(BACKEND, SharedMemoryWeightTransferEngine)
 
 
+def ipc_engine() -> types.ModuleType:
+    """vLLM's CUDA-IPC weight-transfer module, importable where ray is not installed.
+
+    vLLM 0.26.0's ``ipc_engine`` imports ray at its top but uses it only to send through
+    ray actors (``send_mode="ray"``), which bench-pause never does; ray is no requirement of
+    the wheel and not on the GPU hosts (later releases dropped the import). Where ray is
+    missing, a placeholder module stands in during that one import and is removed after it,
+    so nothing else sees a ray that is not there. The worker imports the module here, before
+    vLLM's factory looks it up, and the trainer takes it from here too.
+    """
+    name = "vllm.distributed.weight_transfer.ipc_engine"
+    if name in sys.modules or importlib.util.find_spec("ray") is not None:
+        return importlib.import_module(name)
+    sys.modules["ray"] = types.ModuleType("ray")
+    try:
+        return importlib.import_module(name)
+    finally:
+        del sys.modules["ray"]
+
+
+if torch.cuda.is_available():
+    ipc_engine()
+
+
 class BenchPauseWorker:
     """Mixed into vLLM's worker class: the methods a collective RPC can call by name."""
 
     def bench_pause_idle(self) -> dict:
+        """This worker's clock once its device has nothing queued; ``waited``: how long the
+        synchronisation took (above a few microseconds, the device was still busy when the
+        engine core served the RPC, i.e. between steps)."""
+        t0 = time.monotonic()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
+        t = time.monotonic()
         parallel = self.vllm_config.parallel_config
         return {"rank": int(parallel.data_parallel_rank) * int(parallel.world_size) + int(self.rank),
-                "pid": os.getpid(), "t": time.monotonic()}
+                "pid": os.getpid(), "t": t, "waited": t - t0}

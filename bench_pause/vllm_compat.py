@@ -274,11 +274,13 @@ def _options_set(argv: list[str]) -> set[str]:
     return {k for k, v in vars(_parse(parser, argv)).items() if v is not unset}
 
 
-def engine_config(model: str, engine_args: str | list[str], gpu: bool) -> EngineConfig:
+def engine_config(model: str, engine_args: str | list[str], gpu: bool,
+                  defaults: dict[str, list[str]] | None = None) -> EngineConfig:
     """Validate the user's engine flags now, before any engine starts.
 
     The effective flags are the user's plus each default whose option the user did not
-    set, so meta.json records no contradictory pair. A preset written without weights adds
+    set, so meta.json records no contradictory pair: ``default_engine_args`` and the
+    caller's ``defaults`` (by vLLM option name). A preset written without weights adds
     ``--load-format dummy`` (vLLM makes random weights on the device).
     """
     parts = engine_args if isinstance(engine_args, list) else [engine_args or ""]
@@ -286,7 +288,7 @@ def engine_config(model: str, engine_args: str | list[str], gpu: bool) -> Engine
     given = _options_set(user)
     if "data_parallel_size" in given:
         raise ScenarioError("set data parallelism with --dp, not inside --engine-args")
-    defaults = default_engine_args(gpu)
+    defaults = {**default_engine_args(gpu), **(defaults or {})}
     from bench_pause.model import load_format
     if load_format(model) == "dummy":
         defaults["load_format"] = ["--load-format", "dummy"]

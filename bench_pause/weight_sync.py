@@ -2,9 +2,15 @@
 engine up for them, and push one set through vLLM's weight-transfer API while paused.
 
 Data flow: the sweep stages both sets once (``stage``: the trainer runs as its own
-process), starts engines with ``ENGINE_ARGS``, calls ``attach`` on every new engine (vLLM's
-``init_weight_transfer_engine``), and ``measure`` calls ``push`` between the pause and the
-resume. Each push loads the set the engine does not hold (A, B, A, ...), so every cycle
+process), starts engines with ``engine_args(transfer)``, calls ``attach`` on every new
+engine (vLLM's ``init_weight_transfer_engine``), and ``measure`` calls ``push`` between the
+pause and the resume.
+
+Transfers (``TRANSFERS``): ``ipc`` and ``ipc_packed`` are vLLM's own CUDA-IPC backend, fed
+by a trainer process that holds both sets on the engine's GPU (unpacked: one update whose
+handles point at the trainer's tensors; packed: vLLM's reused 1 GB buffers, one update
+each); ``shm`` is bench-pause's host-memory backend for hosts without CUDA
+(transfer_worker). Each push loads the set the engine does not hold (A, B, A, ...), so every cycle
 changes the tokens the engine makes, and the trace says which set each token came from:
 ``push`` records the old and the new set's tokens with its first event (metrics reads them).
 """
@@ -13,24 +19,50 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import os
+import select
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench_pause import trace as tr
 from bench_pause.backends.base import Session, Timeouts
 from bench_pause.scenario import ScenarioError
 
-BACKEND = "bench_shm"  # transfer_worker.BACKEND, without importing vLLM here
+# Each transfer and vLLM's backend that receives it (bench_shm: transfer_worker.BACKEND).
+TRANSFERS = {"shm": "bench_shm", "ipc": "ipc", "ipc_packed": "ipc"}
 EXTENSION = "bench_pause.transfer_worker.BenchPauseWorker"
-# As one --engine-args string (the sweep splits those like a shell).
-ENGINE_ARGS = shlex.join(["--weight-transfer-config", json.dumps({"backend": BACKEND}),
-                          "--worker-extension-cls", EXTENSION])
 OWN_FLAGS = {"--weight-transfer-config", "--worker-extension-cls"}
+# vLLM's IPC backend unpickles the trainer's handles only where this is set (engine side).
+IPC_ENV = "VLLM_ALLOW_INSECURE_SERIALIZATION"
+# GPU memory kept free beside the trainer's sets and the engine's share: CUDA contexts, the
+# packed buffers, the layers a reload has in flight.
+HEADROOM_BYTES = 8 << 30
+
+
+def engine_args(transfer: str) -> str:
+    """The engine flags a weight_sync cycle needs, as one --engine-args string (the sweep
+    splits those like a shell)."""
+    return shlex.join(["--weight-transfer-config", json.dumps({"backend": TRANSFERS[transfer]}),
+                       "--worker-extension-cls", EXTENSION])
+
+
+def gpu_share(trainer_bytes: int, total_bytes: int) -> float:
+    """The ``--gpu-memory-utilization`` an engine can take beside a trainer holding
+    ``trainer_bytes`` on its GPU (at most vLLM's default 0.9); ScenarioError where the
+    two do not fit."""
+    share = math.floor((total_bytes - trainer_bytes - HEADROOM_BYTES) / total_bytes * 20) / 20
+    if share < 0.2:
+        raise ScenarioError(f"weight_sync over CUDA IPC: the trainer's two sets ({trainer_bytes / 2**30:.0f} GiB) "
+                            f"and an engine do not fit one GPU of {total_bytes / 2**30:.0f} GiB; "
+                            "use --transfer ipc_packed (the trainer in host memory) or shm")
+    return min(share, 0.9)
 
 
 @dataclass(frozen=True)
@@ -45,14 +77,69 @@ class WeightSet:
     bytes: int
 
 
+class Trainer:
+    """A trainer serving CUDA-IPC pushes (``python -m bench_pause.trainer --serve``): JSON
+    lines each way over its stdin and stdout, every read bounded by a timeout."""
+
+    def __init__(self, model: str, transfer: str, host: bool, log: Path) -> None:
+        self.log = log
+        cmd = [sys.executable, "-m", "bench_pause.trainer", model, "--serve", transfer, *(["--host-memory"] if host else [])]
+        with open(log, "wb") as err:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, bufsize=0)
+        self._buf = bytearray()
+
+    def send(self, message: dict | str) -> None:
+        text = message if isinstance(message, str) else json.dumps(message)
+        self.proc.stdin.write(text.encode() + b"\n")
+
+    def read(self, timeout_s: float) -> dict:
+        """The next message; RuntimeError with the trainer's last words if it exits or says
+        "error", TimeoutError if it is silent for ``timeout_s``."""
+        deadline, fd = time.monotonic() + timeout_s, self.proc.stdout.fileno()
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError(f"the trainer said nothing for {timeout_s:.0f} s")
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                raise RuntimeError(f"the trainer exited: {self.last_words()}")
+            self._buf += chunk
+        line, _, rest = bytes(self._buf).partition(b"\n")
+        self._buf = bytearray(rest)
+        message = json.loads(line)
+        if "error" in message:
+            raise RuntimeError(f"the trainer failed: {message['error']}")
+        return message
+
+    def last_words(self) -> str:
+        lines = self.log.read_text(errors="replace").strip().splitlines() if self.log.exists() else []
+        return lines[-1] if lines else "no output"
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Close its stdin (it ends its loop and frees the GPU); kill it if it lingers."""
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout_s)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(timeout_s)
+
+
 @dataclass
 class Staged:
-    """Both weight sets, staged in ``dir`` (shared memory where the host has it)."""
+    """Both weight sets: files in ``dir`` (shared memory where the host has it), or held
+    by a serving ``trainer`` (CUDA IPC; ``dir`` keeps its log)."""
 
     sets: list[WeightSet]
     dir: Path
+    transfer: str = "shm"
+    trainer: Trainer | None = None
+    device: dict = field(default_factory=dict)  # where the trainer holds them; its GPU's memory then
 
     def remove(self) -> None:
+        if self.trainer is not None:
+            self.trainer.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -69,9 +156,23 @@ class EngineWeights:
         return old, 0 if self.loaded is None else 1 - self.loaded
 
 
-def stage(model: str, timeout_s: float = 900.0) -> Staged:
-    """Run the trainer (``python -m bench_pause.trainer``) to write both sets; a model it
-    cannot mark, or one with no weight files, is a ScenarioError (before any engine)."""
+def stage(model: str, transfer: str = "shm", host: bool = False, timeout_s: float = 900.0) -> Staged:
+    """Run the trainer (``python -m bench_pause.trainer``): write both sets (shm) or start
+    it serving them from the GPU or, ``host``, pinned host memory (ipc) and wait until it
+    holds them; a model it cannot mark, or one with no weight files, is a ScenarioError
+    (before any engine)."""
+    if transfer != "shm":
+        out = Path(tempfile.mkdtemp(prefix="bench-pause-trainer-"))
+        trainer = Trainer(model, transfer, host, out / "trainer.log")
+        try:
+            ready = trainer.read(timeout_s)
+        except (RuntimeError, TimeoutError) as exc:
+            trainer.stop()
+            shutil.rmtree(out, ignore_errors=True)
+            raise ScenarioError(f"weight_sync: the trainer could not hold {model} on the GPU: {exc}") from exc
+        sets = [WeightSet(s["name"], (), tuple(s["tokens"]), s["bytes"]) for s in ready["sets"]]
+        return Staged(sets, out, transfer, trainer,
+                      {"memory": "host" if host else "gpu", **{k: ready[k] for k in ("device_bytes", "free", "total")}})
     shm = Path("/dev/shm")
     out = Path(tempfile.mkdtemp(prefix="bench-pause-weights-", dir=shm if shm.is_dir() else None))
     try:
@@ -94,23 +195,40 @@ async def attach(session: Session, staged: Staged, timeouts: Timeouts) -> None:
     session.weights = EngineWeights(staged)
 
 
+async def _updates_from_trainer(session: Session, trainer: Trainer, index: int, timeouts: Timeouts) -> int:
+    """Have the trainer push set ``index`` (vLLM's IPC sender), passing each of its updates
+    to the engine; the number of updates."""
+    await asyncio.to_thread(trainer.send, {"send": index})
+    updates = 0
+    while "done" not in (message := await asyncio.to_thread(trainer.read, timeouts.sync)):
+        await asyncio.wait_for(session.weight_update("update", message["update"]), timeouts.sync)
+        await asyncio.to_thread(trainer.send, "ok")
+        updates += 1
+    return updates
+
+
 async def push(session: Session, trace: tr.Trace, timeouts: Timeouts) -> None:
-    """Push the set the engine does not hold: start, one update per file, finish, each
-    bounded by a timeout."""
+    """Push the set the engine does not hold: start, its updates (one per staged file, or
+    as many as the trainer sends over CUDA IPC), finish, each bounded by a timeout."""
     weights: EngineWeights | None = session.weights
     if weights is None:
         raise RuntimeError("weight_sync on an engine that was not attached (weight_sync.attach)")
     old, index = weights.next()
-    new = weights.staged.sets[index]
+    staged = weights.staged
+    new = staged.sets[index]
     trace.event(tr.SYNC_START_CALL, detail=json.dumps(
-        {"set": new.name, "bytes": new.bytes, "chunks": len(new.paths), "new": list(new.tokens),
+        {"set": new.name, "bytes": new.bytes, "transfer": staged.transfer, "new": list(new.tokens),
          "old": list(old.tokens) if old else None}))
     weights.loaded = None  # unknown until the push finishes
     await asyncio.wait_for(session.weight_update("start"), timeouts.pause)
     trace.event(tr.SYNC_START_RETURN)
-    for path in new.paths:
-        await asyncio.wait_for(session.weight_update("update", {"path": path}), timeouts.sync)
-    trace.event(tr.SYNC_UPDATE_RETURN)
+    if staged.trainer is not None:
+        updates = await _updates_from_trainer(session, staged.trainer, index, timeouts)
+    else:
+        for path in new.paths:
+            await asyncio.wait_for(session.weight_update("update", {"path": path}), timeouts.sync)
+        updates = len(new.paths)
+    trace.event(tr.SYNC_UPDATE_RETURN, detail=json.dumps({"updates": updates}))
     await asyncio.wait_for(session.weight_update("finish"), timeouts.pause)
     trace.event(tr.SYNC_FINISH_RETURN)
     weights.loaded = index

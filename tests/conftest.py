@@ -48,7 +48,7 @@ def engine_config(model_path):
     """The shared engines are set up for weight_sync too, as a sweep with that cycle sets
     them up (the extension does nothing until a push or a probe calls it)."""
     from bench_pause import weight_sync
-    return vllm_compat.engine_config(model_path, [weight_sync.ENGINE_ARGS], gpu=vllm_compat.on_gpu())
+    return vllm_compat.engine_config(model_path, [weight_sync.engine_args("shm")], gpu=vllm_compat.on_gpu())
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from bench_pause import metrics, plots, report, results, summary, trainer, weight_sync
-from bench_pause.scenario import Scenario
+from bench_pause.scenario import Scenario, ScenarioError
 
 from .conftest import FIXTURES, bench_pause
 
@@ -90,6 +90,34 @@ def test_staging_writes_the_shared_tensors_once_and_each_set_whole(tmp_path, mod
                     size += t.numel() * t.element_size()
         assert sorted(names) == sorted(source.names) and size == s.bytes
     assert sets[0].paths[:-1] == sets[1].paths[:-1] and len(sets[0].paths) > 2  # shared chunks, then its own
+    # What a trainer serving over CUDA IPC holds: the shared tensors once, each set's own.
+    own = sum(source.nbytes[n] for n in trainer._OPT[:2])
+    assert trainer.check(model_path) == sets[0].bytes + own == sum(source.nbytes.values()) + own
+
+
+def test_gpu_share_leaves_the_trainer_its_copy():
+    gib = 2**30
+    assert weight_sync.gpu_share(16 * gib, 80 * gib) == 0.7  # (80 - 16 - 8 headroom) / 80
+    assert weight_sync.gpu_share(17 * gib, 80 * gib) == 0.65  # rounded down to a twentieth
+    assert weight_sync.gpu_share(0, 80 * gib) == 0.9  # never above vLLM's default
+    with pytest.raises(ScenarioError, match="do not fit one GPU of 80 GiB; use --transfer ipc_packed"):
+        weight_sync.gpu_share(61 * gib, 80 * gib)  # qwen3-30b-a3b's two sets on an H100
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU host's answer: no CUDA to serve from")
+def test_a_trainer_that_cannot_serve_over_ipc_says_why(model_path):
+    with pytest.raises(ScenarioError, match="could not hold .* on the GPU: the trainer failed: .*CUDA"):
+        weight_sync.stage(model_path, "ipc", timeout_s=120)
+
+
+def test_transfer_is_refused_where_it_cannot_apply(tmp_path):
+    r = bench_pause("run", "--transfer", "shm", "--out", tmp_path / "a", timeout=120)
+    assert r.returncode == 2 and "add --cycle weight_sync" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    if not torch.cuda.is_available():
+        r = bench_pause("run", "--cycle", "weight_sync", "--transfer", "ipc_packed", "--out", tmp_path / "b",
+                        timeout=300)
+        assert r.returncode == 2 and "needs a CUDA GPU (use --transfer shm)" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "b" / "runs.parquet").exists()
 
 
 def test_a_preset_without_weight_files_is_staged_in_its_layout(tmp_path, monkeypatch):

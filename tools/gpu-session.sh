@@ -22,8 +22,10 @@
 #                                             #   (~/vllm-X/env.sh), interleaved, --profile compare on
 #                                             #   $BACKENDS (default offline); resumable, call it again
 #   bash tools/gpu-session.sh weight_sync [MODEL]  # one GPU: the weight_sync cycle (every mode, cache
-#                                             #   both ways) on both backends, the trainer's sets staged
-#                                             #   in /dev/shm (qwen3-8b by default: 16 GB a set)
+#                                             #   both ways) on $BACKENDS (both by default), pushed by
+#                                             #   --transfer $TRANSFER (ipc by default; qwen3-8b by default)
+#   bash tools/gpu-session.sh idle [MODEL]    # one GPU: tools/idle-probe-check.py (the idle probe
+#                                             #   paused and while generating)
 # A step that resumes (cmp, history) continues from the run directories in the working tree: unpack
 # each call's tarball into the checkout before the next call, since the tree that travels
 # with a call replaces the host's copy (forgetting it once made a call repeat the previous one).
@@ -117,12 +119,23 @@ case ${1:-info} in
     ;;
   weight_sync)
     model=${2:-qwen3-8b}
-    out="results/$MACHINE-v$VLLM_VERSION-weight-sync-$model"
-    timeout -k 40 "$LIMIT_S" python3 -m bench_pause run --model "$model" --cycle weight_sync --backend offline http \
-      --mode keep abort wait --pause-point tokens:20 --max-tokens 128 --concurrency 8 --hold 0 \
-      --clear-cache true false --repeats "${REPEATS:-4}" --startup-timeout 300 --out "$out" 2>&1 | tail -40
+    transfer=${TRANSFER:-ipc}
+    out="results/$MACHINE-v$VLLM_VERSION-weight-sync-$transfer-$model"
+    # shellcheck disable=SC2086
+    timeout -k 40 "$LIMIT_S" python3 -m bench_pause run --model "$model" --cycle weight_sync --transfer "$transfer" \
+      --backend ${BACKENDS:-offline http} --mode keep abort wait --pause-point tokens:20 --max-tokens 128 \
+      --concurrency 8 --hold 0 --clear-cache true false --repeats "${REPEATS:-4}" --startup-timeout 300 \
+      --out "$out" 2>&1 | tail -40
     echo "weight_sync exit ${PIPESTATUS[0]}"
-    pack "weight-sync-$model" "$out"
+    pack "weight-sync-$transfer-$model" "$out"
+    ;;
+  idle)
+    model=${2:-qwen3-8b}
+    out="results/$MACHINE-v$VLLM_VERSION-idle-probe-$model"
+    mkdir -p "$out"
+    timeout -k 20 "$LIMIT_S" python3 tools/idle-probe-check.py "$model" 2>&1 | grep -v "^INFO\|^WARNING" \
+      | tee "$out/idle-probe-check.txt" | tail -8
+    pack "idle-$model" "$out"
     ;;
   dp1)
     i=0
