@@ -150,15 +150,18 @@ def _sync_engine_flags(model: str, transfer: str, gpu: bool, scenarios: list[Sce
         if any(sc.dp_size > 1 for sc in scenarios):
             raise ScenarioError(f"--transfer {transfer}: CUDA IPC reaches the workers on the trainer's GPU only; "
                                 "use --dp 1, or --transfer shm")
+        total, host = int(vllm_compat.gpu_memory_gib() * 2**30), False
         try:
-            share = weight_sync.gpu_share(trainer_bytes, int(vllm_compat.gpu_memory_gib() * 2**30))
-            defaults["gpu_memory_utilization"] = ["--gpu-memory-utilization", str(share)]
+            share = weight_sync.gpu_share(trainer_bytes, total)
         except ScenarioError:
             if transfer != "ipc_packed":
                 raise
             say(f"the trainer's sets ({trainer_bytes / 2**30:.0f} GiB) do not fit the GPU beside an engine: "
                 "it holds them in pinned host memory and packs them onto the GPU per push")
-            return [weight_sync.engine_args(transfer)], defaults, True
+            # On the GPU then: its packed buffer (vLLM's 1 GiB), allocated per push.
+            share, host = weight_sync.gpu_share(weight_sync.PACKED_BUFFER_BYTES, total), True
+        defaults["gpu_memory_utilization"] = ["--gpu-memory-utilization", str(share)]
+        return [weight_sync.engine_args(transfer)], defaults, host
     return [weight_sync.engine_args(transfer)], defaults, False
 
 
@@ -283,7 +286,7 @@ async def run(p: Plan, progress: Progress | None = None, stop: asyncio.Event | N
                     return outcome
     finally:
         if staged:
-            staged.remove()
+            staged.remove(keep_log=Path(cfg.out) / "trainer.log")
         rundir.consolidate()
         info["finished"] = meta.now()
         info["measured"] = len(results.measured(rundir.runs))

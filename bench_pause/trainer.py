@@ -145,9 +145,8 @@ class Source:
         self.nbytes = {name: math.prod(shape) * self.dtype.itemsize for name, (shape, _) in self.specs.items()}
         self.names = list(self.specs)
 
-    def load(self, names: list[str], device: str = "cpu", pin: bool = False) -> dict[str, torch.Tensor]:
-        """The named tensors, made or read straight onto ``device`` (host memory that CUDA
-        copies from directly with ``pin``)."""
+    def load(self, names: list[str], device: str = "cpu") -> dict[str, torch.Tensor]:
+        """The named tensors, made or read straight onto ``device``."""
         if not self.specs:
             from safetensors import safe_open
             out = {}
@@ -156,16 +155,24 @@ class Source:
                 if wanted:
                     with safe_open(str(f), framework="pt", device=device) as handle:
                         out.update({n: handle.get_tensor(n) for n in wanted})
-            return {n: t.pin_memory() for n, t in out.items()} if pin else out
+            return out
         from bench_pause.model import make_tensor
 
         def rand(shape: tuple[int, ...]) -> torch.Tensor:  # uniform: fast enough for 30 B parameters
-            return torch.empty(shape, dtype=self.dtype, device=device, pin_memory=pin).uniform_(-0.02, 0.02)
+            return torch.empty(shape, dtype=self.dtype, device=device).uniform_(-0.02, 0.02)
+        return {n: make_tensor(*self.specs[n], self.dtype, rand).to(device) for n in names}
 
-        def made(name: str) -> torch.Tensor:
-            t = make_tensor(*self.specs[name], self.dtype, rand)
-            return t if t.device.type != "cpu" or t.is_pinned() == pin else t.pin_memory()
-        return {n: made(n).to(device) for n in names}
+    def chunks(self, names: list[str], chunk_bytes: int) -> Iterator[list[str]]:
+        """``names`` in order, in runs of about ``chunk_bytes``."""
+        chunk, size = [], 0
+        for name in names:
+            chunk.append(name)
+            size += self.nbytes[name]
+            if size >= chunk_bytes:
+                yield chunk
+                chunk, size = [], 0
+        if chunk:
+            yield chunk
 
 
 def check(model_dir: str) -> int:
@@ -193,30 +200,32 @@ def stage(model_dir: Path, out: Path, chunk_bytes: int = 2 << 30) -> list[Weight
     read = _marker(set(source.names))
     marked = marked_sets(source.load(list(read)))
     changed = set(marked[0][0])
-    common, chunk, size, shared = [], [], 0, 0
-
-    def flush() -> None:
-        nonlocal chunk, size, shared
-        if chunk:
-            path = out / f"common-{len(common):03d}.safetensors"
-            shared += _save(source.load(chunk), path)
-            common.append(str(path))
-        chunk, size = [], 0
-
-    for name in source.names:
-        if name in changed:
-            continue
-        chunk.append(name)
-        size += source.nbytes[name]
-        if size >= chunk_bytes:
-            flush()
-    flush()
+    common, shared = [], 0
+    for chunk in source.chunks([n for n in source.names if n not in changed], chunk_bytes):
+        path = out / f"common-{len(common):03d}.safetensors"
+        shared += _save(source.load(chunk), path)
+        common.append(str(path))
     sets = []
     for name, (tensors, tokens) in zip(SET_NAMES, marked):
         path = out / f"{name}.safetensors"
         own = _save(tensors, path)
         sets.append(WeightSet(name, (*common, str(path)), tokens, shared + own))
     return sets
+
+
+def _pinned(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copies in one pinned host buffer (one allocation: torch's pinned allocator rounds
+    each up to a power of two), from which CUDA copies at full speed."""
+    def padded(t: torch.Tensor) -> int:
+        return -(-t.numel() * t.element_size() // 64) * 64
+    buf = torch.empty(sum(padded(t) for t in tensors.values()), dtype=torch.uint8, pin_memory=True)
+    out, offset = {}, 0
+    for name, t in tensors.items():
+        size = t.numel() * t.element_size()
+        out[name] = buf[offset:offset + size].view(t.dtype).view(t.shape)
+        out[name].copy_(t)
+        offset += padded(t)
+    return out
 
 
 def _say(out: IO[str], message: dict) -> None:
@@ -230,13 +239,14 @@ def serve(model_dir: Path, packed: bool, host: bool, out: IO[str], inp: IO[str])
     ``out``/``inp`` (the module's docstring)."""
     from bench_pause.transfer_worker import ipc_engine
     ipc = ipc_engine()
-    device = "cpu" if host else f"cuda:{torch.cuda.current_device()}"
+    gpu = f"cuda:{torch.cuda.current_device()}"
+    keep = _pinned if host else (lambda tensors: tensors)
     source = Source(str(model_dir))
-    marked = marked_sets(source.load(list(_marker(set(source.names))), device, pin=host))
-    if host:  # the marked tensors are new ones
-        marked = [({n: t.pin_memory() for n, t in tensors.items()}, tokens) for tensors, tokens in marked]
+    marked = [(keep(tensors), tokens) for tensors, tokens in marked_sets(source.load(list(_marker(set(source.names))), gpu))]
     changed = set(marked[0][0])
-    shared = source.load([n for n in source.names if n not in changed], device, pin=host)
+    shared = {}
+    for chunk in source.chunks([n for n in source.names if n not in changed], 2 << 30):
+        shared.update(keep(source.load(chunk, gpu)))  # made on the GPU (fast), kept in host memory where asked
     ordered = [[(n, tensors.get(n, shared.get(n))) for n in source.names] for tensors, _ in marked]
     sets = [WeightSet(name, (), tokens, sum(t.numel() * t.element_size() for _, t in order))
             for name, (_, tokens), order in zip(SET_NAMES, marked, ordered)]

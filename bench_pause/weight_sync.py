@@ -44,6 +44,7 @@ IPC_ENV = "VLLM_ALLOW_INSECURE_SERIALIZATION"
 # GPU memory kept free beside the trainer's sets and the engine's share: CUDA contexts, the
 # packed buffers, the layers a reload has in flight.
 HEADROOM_BYTES = 8 << 30
+PACKED_BUFFER_BYTES = 1 << 30  # vLLM's packed IPC buffer (packed_tensor.DEFAULT_PACKED_BUFFER_SIZE_BYTES)
 
 
 def engine_args(transfer: str) -> str:
@@ -90,7 +91,10 @@ class Trainer:
 
     def send(self, message: dict | str) -> None:
         text = message if isinstance(message, str) else json.dumps(message)
-        self.proc.stdin.write(text.encode() + b"\n")
+        try:
+            self.proc.stdin.write(text.encode() + b"\n")
+        except BrokenPipeError as exc:
+            raise RuntimeError(f"the trainer exited: {self.last_words()}") from exc
 
     def read(self, timeout_s: float) -> dict:
         """The next message; RuntimeError with the trainer's last words if it exits or says
@@ -137,9 +141,13 @@ class Staged:
     trainer: Trainer | None = None
     device: dict = field(default_factory=dict)  # where the trainer holds them; its GPU's memory then
 
-    def remove(self) -> None:
+    def remove(self, keep_log: Path | None = None) -> None:
+        """Stop the trainer (its log copied to ``keep_log``: why it failed, if it did) and
+        delete what was staged."""
         if self.trainer is not None:
             self.trainer.stop()
+            if keep_log is not None and self.trainer.log.exists():
+                shutil.copyfile(self.trainer.log, keep_log)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

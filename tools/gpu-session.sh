@@ -133,7 +133,7 @@ case ${1:-info} in
     model=${2:-qwen3-8b}
     out="results/$MACHINE-v$VLLM_VERSION-idle-probe-$model"
     mkdir -p "$out"
-    timeout -k 20 "$LIMIT_S" python3 tools/idle-probe-check.py "$model" 2>&1 | grep -v "^INFO\|^WARNING" \
+    timeout -k 20 "$LIMIT_S" python3 -c "import runpy, sys; sys.path.insert(0, '.'); sys.argv[1:] = ['$model']; runpy.run_path('tools/idle-probe-check.py', run_name='__main__')" 2>&1 | grep -v "^INFO\|^WARNING" \
       | tee "$out/idle-probe-check.txt" | tail -8
     pack "idle-$model" "$out"
     ;;

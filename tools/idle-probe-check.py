@@ -12,6 +12,7 @@ directory; the host's default model without one).
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import statistics
 import sys
@@ -41,6 +42,7 @@ async def probe(session: OfflineSession) -> float:
 
 
 async def main() -> None:
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")  # this process may hold CUDA already
     gpu = vllm_compat.on_gpu()
     model = resolve_model(sys.argv[1]) if len(sys.argv) > 1 else default_model(gpu, vllm_compat.gpu_memory_gib())
     config = vllm_compat.engine_config(model, [weight_sync.engine_args("shm")], gpu)
