@@ -30,7 +30,7 @@ The trainer runs as its own process, as a trainer does, in one of two ways:
   a CUDA-IPC handle per tensor) or packed (vLLM's 1 GB buffers, one update each). Each
   update it would send is written as ``{"update": info}`` for the client to pass to the
   engine's ``update_weights``; the trainer waits for ``ok`` before it goes on (a packed
-  buffer is reused), then says ``{"done": i}``. Protocol lines go to the process's
+  buffer is reused), then says ``{"done": i, ...}`` with its GPU memory after the push. Protocol lines go to the process's
   stdout and everything else (vLLM's log) to stderr.
 """
 
@@ -271,7 +271,12 @@ def serve(model_dir: Path, packed: bool, host: bool, out: IO[str], inp: IO[str])
         tensors: Iterator[tuple[str, torch.Tensor]] = iter(ordered[index])
         ipc.IPCWeightTransferEngine.trainer_send_weights(
             tensors, ipc.IPCTrainerSendWeightsArgs(send_mode=relay, packed=packed))
-        _say(out, {"done": index})
+        # What the trainer still holds on the GPU after a push (its sets aside), before and
+        # after asking torch to free IPC-shared blocks the engine has released: a packed
+        # buffer that stays allocated after every push is a leak a long training run pays.
+        held = torch.cuda.memory_allocated()
+        torch.cuda.ipc_collect()
+        _say(out, {"done": index, "gpu_bytes": held, "gpu_bytes_collected": torch.cuda.memory_allocated()})
 
 
 def main(argv: list[str] | None = None) -> int:

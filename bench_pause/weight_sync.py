@@ -203,16 +203,16 @@ async def attach(session: Session, staged: Staged, timeouts: Timeouts) -> None:
     session.weights = EngineWeights(staged)
 
 
-async def _updates_from_trainer(session: Session, trainer: Trainer, index: int, timeouts: Timeouts) -> int:
+async def _updates_from_trainer(session: Session, trainer: Trainer, index: int, timeouts: Timeouts) -> dict:
     """Have the trainer push set ``index`` (vLLM's IPC sender), passing each of its updates
-    to the engine; the number of updates."""
+    to the engine; the number of updates and what the trainer said when done."""
     await asyncio.to_thread(trainer.send, {"send": index})
     updates = 0
     while "done" not in (message := await asyncio.to_thread(trainer.read, timeouts.sync)):
         await asyncio.wait_for(session.weight_update("update", message["update"]), timeouts.sync)
         await asyncio.to_thread(trainer.send, "ok")
         updates += 1
-    return updates
+    return {"updates": updates, **{k: v for k, v in message.items() if k != "done"}}
 
 
 async def push(session: Session, trace: tr.Trace, timeouts: Timeouts) -> None:
@@ -231,12 +231,12 @@ async def push(session: Session, trace: tr.Trace, timeouts: Timeouts) -> None:
     await asyncio.wait_for(session.weight_update("start"), timeouts.pause)
     trace.event(tr.SYNC_START_RETURN)
     if staged.trainer is not None:
-        updates = await _updates_from_trainer(session, staged.trainer, index, timeouts)
+        done = await _updates_from_trainer(session, staged.trainer, index, timeouts)
     else:
         for path in new.paths:
             await asyncio.wait_for(session.weight_update("update", {"path": path}), timeouts.sync)
-        updates = len(new.paths)
-    trace.event(tr.SYNC_UPDATE_RETURN, detail=json.dumps({"updates": updates}))
+        done = {"updates": len(new.paths)}
+    trace.event(tr.SYNC_UPDATE_RETURN, detail=json.dumps(done))
     await asyncio.wait_for(session.weight_update("finish"), timeouts.pause)
     trace.event(tr.SYNC_FINISH_RETURN)
     weights.loaded = index
