@@ -266,11 +266,14 @@ def serve(model_dir: Path, packed: bool, host: bool, out: IO[str], inp: IO[str])
         if inp.readline().strip() != "ok":
             raise RuntimeError("the client did not confirm the update")
 
+    # vLLM's default packed buffer (1 GiB) refuses a larger tensor (Qwen3-8B's embedding is
+    # 1.16 GiB): the buffer is the default or the largest tensor, whichever is larger.
+    buffer = max(1 << 30, max(t.numel() * t.element_size() for order in ordered for _, t in order))
     while line := inp.readline():
         index = int(json.loads(line)["send"])
         tensors: Iterator[tuple[str, torch.Tensor]] = iter(ordered[index])
         ipc.IPCWeightTransferEngine.trainer_send_weights(
-            tensors, ipc.IPCTrainerSendWeightsArgs(send_mode=relay, packed=packed))
+            tensors, ipc.IPCTrainerSendWeightsArgs(send_mode=relay, packed=packed, packed_buffer_size_bytes=buffer))
         # What the trainer still holds on the GPU after a push (its sets aside), before and
         # after asking torch to free IPC-shared blocks the engine has released: a packed
         # buffer that stays allocated after every push is a leak a long training run pays.
