@@ -86,7 +86,10 @@ Definitions (client clock unless the name says ``engine``):
   after the resume made by the new set; ``wrong_weight_tokens``: tokens after the resume
   made by anything else, plus tokens before the pause call not made by the old set (when
   the engine held a known set). Which set made a token is read off its id
-  (bench_pause.trainer).
+  (bench_pause.trainer). ``sync_transfer``: how the push went (weight_sync.TRANSFERS;
+  ``shm`` for traces that do not say); ``trainer_gpu_bytes``: GPU memory the trainer held
+  after the push, its weight sets included where they live on the GPU (CUDA IPC; NaN where
+  not recorded): a packed buffer that stays allocated after every push shows as growth.
 - ``ok``: the mode's contract held. keep: no leak, every token delivered, every request
   finished by length. abort: no leak, every request unfinished at the pause call ended
   with ``abort``, except one held (it reached the engine only after the abort, as a
@@ -115,7 +118,7 @@ from bench_pause.scenario import route
 # metrics selected by the engine's clock, a leak never counted as missed. 3: several
 # servers paused together (per_server, pause_spread_s, worst_server). 4: the weight_sync
 # cycle's metrics.
-VERSION = 4
+VERSION = 5
 
 # The metrics a benchmark tracks, with their units: what summaries, plots and asv show.
 HEADLINE = {
@@ -233,11 +236,14 @@ def _weight_sync(tokens: pd.DataFrame, events: pd.DataFrame, pause_call: float, 
     """The weight_sync metrics (module docstring); NaN for every other cycle."""
     nan = math.nan
     out = dict.fromkeys(("idle_s", "sync_start_s", "sync_update_s", "sync_finish_s", "sync_s", "sync_bytes",
-                         "sync_gbps", "dark_s", "new_weight_tokens", "wrong_weight_tokens"), nan)
+                         "sync_gbps", "dark_s", "new_weight_tokens", "wrong_weight_tokens", "trainer_gpu_bytes"), nan)
+    out["sync_transfer"] = ""
     start = events.loc[events["event"] == tr.SYNC_START_CALL, "detail"]
     if not len(start):
         return out
     sets = json.loads(str(start.iloc[0]))
+    pushed = events.loc[events["event"] == tr.SYNC_UPDATE_RETURN, "detail"]
+    done = json.loads(str(pushed.iloc[0])) if len(pushed) and str(pushed.iloc[0]) else {}
     start_call = _event_time(events, tr.SYNC_START_CALL)
     start_ret = _event_time(events, tr.SYNC_START_RETURN)
     update_ret = _event_time(events, tr.SYNC_UPDATE_RETURN)
@@ -270,6 +276,8 @@ def _weight_sync(tokens: pd.DataFrame, events: pd.DataFrame, pause_call: float, 
         "dark_s": float(after.min()) - last if len(after) else nan,
         "new_weight_tokens": float(right) if checked else nan,
         "wrong_weight_tokens": float(wrong) if checked else nan,
+        "sync_transfer": str(sets.get("transfer", "shm")),
+        "trainer_gpu_bytes": float(done.get("gpu_bytes", nan)),
     })
     return out
 

@@ -516,8 +516,8 @@ def weight_sync(data: Runs, out: Path) -> list[Path]:
     colors = ["#4c72b0", "#8c8c8c", "#dd8452", "#c44e52", "#937860", "#55a868"]
     height = 1.6 + 0.45 * len(table)
     fig, ax = plt.subplots(figsize=(9, height))
-    labels = [f"{r.backend} dp{r.dp_size} {r.mode} c{r.concurrency} {'clear' if r.clear_cache else 'keep'} ({r.n})"
-              for r in table.itertuples(index=False)]
+    labels = [f"{r.sync_transfer} {r.backend} dp{r.dp_size} {r.mode} c{r.concurrency} "
+              f"{'clear' if r.clear_cache else 'keep'} ({r.n})" for r in table.itertuples(index=False)]
     y = np.arange(len(table))
     left = np.zeros(len(table))
     for (metric, name), color in zip(phases, colors):

@@ -107,7 +107,9 @@ def _syncs(runs) -> list[str]:
             "call; resume to the first token; the whole push; and the time with no token produced "
             "(last token before the pause to the first after the resume). `wrong tok`: the most tokens in "
             "one cycle made by other weights than they should (0 on a correct engine); `checked tok`: the "
-            "fewest tokens after a resume whose weights were checked.", "",
+            "fewest tokens after a resume whose weights were checked; `trainer GiB`: the most GPU memory a "
+            "CUDA-IPC trainer held after a push, its weight sets included where they live on the GPU (growth "
+            "from push to push is a leak).", "",
             summary.markdown(table, summary.sync_rows)]
 
 

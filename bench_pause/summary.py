@@ -164,24 +164,29 @@ def syncs(runs: pd.DataFrame) -> pd.DataFrame:
     m = m[m["cycle"] == "weight_sync"] if len(m) else m
     if not len(m):
         return pd.DataFrame()
-    grouped = m.groupby(CELL, dropna=False, sort=True)
+    if "sync_transfer" not in m:  # runs.parquet written before metrics version 5
+        m = m.assign(sync_transfer="shm", trainer_gpu_bytes=float("nan"))
+    grouped = m.groupby(["sync_transfer", *CELL], dropna=False, sort=True)
     out = _tails(grouped, [name for name, _ in SYNC_PHASES] + ["sync_s", "dark_s"])
     out["sync_gbps_p50"] = grouped["sync_gbps"].median()
     out["sync_mb"] = grouped["sync_bytes"].max() / 1e6
+    out["trainer_gb_max"] = grouped["trainer_gpu_bytes"].max() / 2**30
     out["wrong_max"] = grouped["wrong_weight_tokens"].max()
     out["checked_min"] = grouped["new_weight_tokens"].min()
     return out.reset_index()
 
 
 def sync_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    header = ["backend", "dp", "mode", "conc", "cache", "ok", *[f"{label} ms" for _, label in SYNC_PHASES],
-              "push ms", "no token ms", "MB", "GB/s", "wrong tok", "checked tok"]
+    header = ["transfer", "backend", "dp", "mode", "conc", "cache", "ok", *[f"{label} ms" for _, label in SYNC_PHASES],
+              "push ms", "no token ms", "MB", "GB/s", "trainer GiB", "wrong tok", "checked tok"]
     body = []
     for r in table.itertuples(index=False):
-        body.append([r.backend, str(r.dp_size), r.mode, str(r.concurrency), "clear" if r.clear_cache else "keep",
-                     f"{r.ok}/{r.n}",
+        body.append([r.sync_transfer, r.backend, str(r.dp_size), r.mode, str(r.concurrency),
+                     "clear" if r.clear_cache else "keep", f"{r.ok}/{r.n}",
                      *[_tail(r, name) for name, _ in SYNC_PHASES], _tail(r, "sync_s"), _tail(r, "dark_s"),
-                     f"{r.sync_mb:.1f}", f"{r.sync_gbps_p50:.2f}", f"{r.wrong_max:g}", f"{r.checked_min:g}"])
+                     f"{r.sync_mb:.1f}", f"{r.sync_gbps_p50:.2f}",
+                     "-" if pd.isna(r.trainer_gb_max) else f"{r.trainer_gb_max:.2f}", f"{r.wrong_max:g}",
+                     f"{r.checked_min:g}"])
     return header, body
 
 

@@ -182,6 +182,18 @@ def test_weight_sync_exact_values():
     assert v["dark_s"] == pytest.approx(11.060 - 10.008)  # last token before the pause return to the first after
     assert v["new_weight_tokens"] == 3 + 4 and v["wrong_weight_tokens"] == 0
     assert v["tokens_expected"] == v["tokens_received"] == 12 and v["ok"]
+    # A trace from before transfers were recorded was pushed through files (shm), no trainer memory.
+    assert v["sync_transfer"] == "shm" and math.isnan(v["trainer_gpu_bytes"])
+
+
+def test_weight_sync_over_ipc_records_the_transfer_and_the_trainers_memory():
+    tokens, events = sync_trace()
+    start = events["event"] == tr.SYNC_START_CALL
+    events.loc[start, "detail"] = json.dumps({"set": "B", "bytes": 2e8, "new": [9], "old": [7], "transfer": "ipc_packed"})
+    events.loc[events["event"] == tr.SYNC_UPDATE_RETURN, "detail"] = json.dumps(
+        {"updates": 3, "gpu_bytes": 2**30, "gpu_bytes_collected": 2**30})
+    v = metrics.compute(tokens, events, SYNC_SCENARIO)
+    assert v["sync_transfer"] == "ipc_packed" and v["trainer_gpu_bytes"] == 2**30 and v["ok"]
 
 
 @pytest.mark.parametrize("where", ["after", "before"])
@@ -192,4 +204,5 @@ def test_weight_sync_a_token_from_the_wrong_weights_fails(where):
 
 def test_weight_sync_metrics_are_nan_for_a_plain_pause():
     v = metrics.compute(*keep_trace(), SCENARIO)
-    assert all(math.isnan(v[k]) for k in ("idle_s", "sync_s", "dark_s", "wrong_weight_tokens"))
+    assert all(math.isnan(v[k]) for k in ("idle_s", "sync_s", "dark_s", "wrong_weight_tokens", "trainer_gpu_bytes"))
+    assert v["sync_transfer"] == ""

@@ -1,0 +1,53 @@
+"""Is a CUDA-IPC buffer freed once both sides drop it? The torch-level question behind the
+weight_sync finding that vLLM 0.26.0's packed IPC leaves one buffer per push allocated in
+the trainer (docs/findings.md).
+
+A producer allocates a 1 GiB buffer, shares it with ``reduce_tensor`` (what vLLM's packed
+sender does), a consumer process rebuilds it with ``rebuild_cuda_tensor``, clones a slice
+and drops it (what vLLM's ``packed_ipc_consumer`` does); the producer drops its buffer and
+calls ``torch.cuda.ipc_collect()``. Five rounds; prints the producer's allocated GiB after
+each. Growth by 1 GiB a round means torch keeps the block, whatever vLLM does.
+Run: python3 tools/ipc-leak-check.py (a CUDA GPU).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.multiprocessing as mp
+from torch.multiprocessing.reductions import rebuild_cuda_tensor, reduce_tensor
+
+
+def consumer(inbox: "mp.Queue", outbox: "mp.Queue") -> None:
+    while (args := inbox.get()) is not None:
+        shared = rebuild_cuda_tensor(*args)
+        copy = shared[: 1 << 20].clone()
+        del shared, copy
+        torch.cuda.synchronize()
+        outbox.put("released")
+
+
+def main() -> None:
+    ctx = mp.get_context("spawn")
+    inbox, outbox = ctx.Queue(), ctx.Queue()
+    proc = ctx.Process(target=consumer, args=(inbox, outbox))
+    proc.start()
+    try:
+        for round_ in range(5):
+            buffer = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+            _, args = reduce_tensor(buffer)
+            inbox.put(args)
+            outbox.get(timeout=120)
+            del buffer
+            torch.cuda.ipc_collect()
+            print(f"round {round_}: producer allocated {torch.cuda.memory_allocated() / 2**30:.2f} GiB")
+    finally:
+        inbox.put(None)
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+    torch.cuda.ipc_collect()
+    print(f"consumer gone: producer allocated {torch.cuda.memory_allocated() / 2**30:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
