@@ -6,8 +6,11 @@ A producer allocates a 1 GiB buffer, shares it with ``reduce_tensor`` (what vLLM
 sender does), a consumer process rebuilds it with ``rebuild_cuda_tensor``, clones a slice
 and drops it (what vLLM's ``packed_ipc_consumer`` does); the producer drops its buffer and
 calls ``torch.cuda.ipc_collect()``. Five rounds; prints the producer's allocated GiB after
-each. Growth by 1 GiB a round means torch keeps the block, whatever vLLM does.
-Run: python3 tools/ipc-leak-check.py (a CUDA GPU).
+each. Then the same with the consumer rebuilding the buffer three times per round, as
+vLLM's worker does for every chunk of a packed push, shared once or anew per rebuild.
+Growth by 1 GiB a round means torch keeps the block. On an H100 (torch 2.11.0+cu130): no
+growth with one rebuild, 1 GiB a round with three, either way of sharing
+(results/gpu-h100-v0.26.0-ipc-leak-check). Run: python3 tools/ipc-leak-check.py (a CUDA GPU).
 """
 
 from __future__ import annotations
@@ -24,6 +27,31 @@ def consumer(inbox: "mp.Queue", outbox: "mp.Queue") -> None:
         del shared, copy
         torch.cuda.synchronize()
         outbox.put("released")
+
+
+def main_rebuilds(chunks: int, share_per_chunk: bool = False) -> None:
+    """As vLLM's packed push: one buffer shared once, rebuilt by the consumer per chunk
+    (``share_per_chunk``: ``reduce_tensor`` again for every chunk, a candidate fix)."""
+    ctx = mp.get_context("spawn")
+    inbox, outbox = ctx.Queue(), ctx.Queue()
+    proc = ctx.Process(target=consumer, args=(inbox, outbox))
+    proc.start()
+    try:
+        for round_ in range(3):
+            buffer = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+            _, args = reduce_tensor(buffer)
+            for _ in range(chunks):
+                if share_per_chunk:
+                    _, args = reduce_tensor(buffer)
+                inbox.put(args)
+                outbox.get(timeout=120)
+                torch.cuda.ipc_collect()
+            del buffer
+            torch.cuda.ipc_collect()
+            print(f"{chunks} rebuilds, shared {'per chunk' if share_per_chunk else 'once'}, round {round_}: producer allocated {torch.cuda.memory_allocated() / 2**30:.2f} GiB")
+    finally:
+        inbox.put(None)
+        proc.join(30)
 
 
 def main() -> None:
@@ -51,3 +79,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    main_rebuilds(3)
+    main_rebuilds(3, share_per_chunk=True)
