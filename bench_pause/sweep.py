@@ -88,7 +88,7 @@ def plan(cfg: SweepConfig, say: Say = print) -> Plan:
                 say(f"[yellow]warning:[/yellow] {warning}")
         scenarios = [dataclasses.replace(sc, servers=len(cfg.urls)) if sc.backend == "http" else sc
                      for sc in scenarios]
-    engine, sync_model, transfer = None, None, cfg.transfer
+    engine, sync_model, transfer, host = None, None, cfg.transfer, False
     syncs = "weight_sync" in cfg.grid.cycles
     if transfer and not syncs:
         raise ScenarioError("--transfer says how the weight_sync cycle pushes weights: add --cycle weight_sync")
@@ -109,7 +109,7 @@ def plan(cfg: SweepConfig, say: Say = print) -> Plan:
             if too_big:
                 say(f"skipping dp size {', '.join(map(str, too_big))}: this host has {gpus} GPU(s)")
                 scenarios = [sc for sc in scenarios if sc.dp_size <= gpus]
-        extra, defaults, host = [], {}, False
+        extra, defaults = [], {}
         if syncs:
             transfer = transfer or ("ipc" if gpu else "shm")
             extra, defaults, host = _sync_engine_flags(model, transfer, gpu, scenarios, say)

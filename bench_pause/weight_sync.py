@@ -8,8 +8,8 @@ pause and the resume.
 
 Transfers (``TRANSFERS``): ``ipc`` and ``ipc_packed`` are vLLM's own CUDA-IPC backend, fed
 by a trainer process that holds both sets on the engine's GPU (unpacked: one update whose
-handles point at the trainer's tensors; packed: vLLM's reused 1 GB buffers, one update
-each); ``shm`` is bench-pause's host-memory backend for hosts without CUDA
+handles point at the trainer's tensors; packed: vLLM's reused IPC buffer, one update per
+buffer); ``shm`` is bench-pause's host-memory backend for hosts without CUDA
 (transfer_worker). Each push loads the set the engine does not hold (A, B, A, ...), so every cycle
 changes the tokens the engine makes, and the trace says which set each token came from:
 ``push`` records the old and the new set's tokens with its first event (metrics reads them).
@@ -116,8 +116,10 @@ class Trainer:
         return message
 
     def last_words(self) -> str:
+        """Its log's last error line (torch warns after it when a process dies holding IPC
+        blocks), else its last line."""
         lines = self.log.read_text(errors="replace").strip().splitlines() if self.log.exists() else []
-        return lines[-1] if lines else "no output"
+        return next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else "no output")
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Close its stdin (it ends its loop and frees the GPU); kill it if it lingers."""
