@@ -274,9 +274,10 @@ def serve(model_dir: Path, packed: bool, host: bool, out: IO[str], inp: IO[str])
         tensors: Iterator[tuple[str, torch.Tensor]] = iter(ordered[index])
         ipc.IPCWeightTransferEngine.trainer_send_weights(
             tensors, ipc.IPCTrainerSendWeightsArgs(send_mode=relay, packed=packed, packed_buffer_size_bytes=buffer))
-        # What the trainer still holds on the GPU after a push (its sets aside), before and
-        # after asking torch to free IPC-shared blocks the engine has released: a packed
-        # buffer that stays allocated after every push is a leak a long training run pays.
+        # What the trainer holds on the GPU after a push (its sets included where they live
+        # there), before and after asking torch to free IPC-shared blocks the engine has
+        # released: a packed buffer that stays allocated after every push is a leak a long
+        # training run pays.
         held = torch.cuda.memory_allocated()
         torch.cuda.ipc_collect()
         _say(out, {"done": index, "gpu_bytes": held, "gpu_bytes_collected": torch.cuda.memory_allocated()})
