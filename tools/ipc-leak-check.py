@@ -29,55 +29,41 @@ def consumer(inbox: "mp.Queue", outbox: "mp.Queue") -> None:
         outbox.put("released")
 
 
-def main_rebuilds(chunks: int, share_per_chunk: bool = False) -> None:
-    """As vLLM's packed push: one buffer shared once, rebuilt by the consumer per chunk
-    (``share_per_chunk``: ``reduce_tensor`` again for every chunk, a candidate fix)."""
+def rounds(count: int, rebuilds: int = 1, share_per_rebuild: bool = False) -> None:
+    """``count`` rounds of: allocate a 1 GiB buffer, share it, let the consumer rebuild it
+    ``rebuilds`` times (as vLLM's worker rebuilds the packed buffer for every chunk of a
+    push, the producer collecting after each, as vLLM's sender does), drop it, collect;
+    ``share_per_rebuild``: ``reduce_tensor`` again before every rebuild (a candidate fix).
+    Prints the producer's allocated GiB after each round and once the consumer is gone."""
+    label = "" if rebuilds == 1 else f"{rebuilds} rebuilds, shared {'per chunk' if share_per_rebuild else 'once'}, "
     ctx = mp.get_context("spawn")
     inbox, outbox = ctx.Queue(), ctx.Queue()
     proc = ctx.Process(target=consumer, args=(inbox, outbox))
     proc.start()
     try:
-        for round_ in range(3):
+        for round_ in range(count):
             buffer = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
             _, args = reduce_tensor(buffer)
-            for _ in range(chunks):
-                if share_per_chunk:
+            for _ in range(rebuilds):
+                if share_per_rebuild:
                     _, args = reduce_tensor(buffer)
                 inbox.put(args)
                 outbox.get(timeout=120)
-                torch.cuda.ipc_collect()
+                if rebuilds > 1:
+                    torch.cuda.ipc_collect()
             del buffer
             torch.cuda.ipc_collect()
-            print(f"{chunks} rebuilds, shared {'per chunk' if share_per_chunk else 'once'}, round {round_}: producer allocated {torch.cuda.memory_allocated() / 2**30:.2f} GiB")
-    finally:
-        inbox.put(None)
-        proc.join(30)
-
-
-def main() -> None:
-    ctx = mp.get_context("spawn")
-    inbox, outbox = ctx.Queue(), ctx.Queue()
-    proc = ctx.Process(target=consumer, args=(inbox, outbox))
-    proc.start()
-    try:
-        for round_ in range(5):
-            buffer = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-            _, args = reduce_tensor(buffer)
-            inbox.put(args)
-            outbox.get(timeout=120)
-            del buffer
-            torch.cuda.ipc_collect()
-            print(f"round {round_}: producer allocated {torch.cuda.memory_allocated() / 2**30:.2f} GiB")
+            print(f"{label}round {round_}: producer allocated {torch.cuda.memory_allocated() / 2**30:.2f} GiB")
     finally:
         inbox.put(None)
         proc.join(30)
         if proc.is_alive():
             proc.kill()
     torch.cuda.ipc_collect()
-    print(f"consumer gone: producer allocated {torch.cuda.memory_allocated() / 2**30:.2f} GiB")
+    print(f"{label}consumer gone: producer allocated {torch.cuda.memory_allocated() / 2**30:.2f} GiB")
 
 
 if __name__ == "__main__":
-    main()
-    main_rebuilds(3)
-    main_rebuilds(3, share_per_chunk=True)
+    rounds(5)
+    rounds(3, rebuilds=3)
+    rounds(3, rebuilds=3, share_per_rebuild=True)
