@@ -143,14 +143,14 @@ def _sync_engine_flags(model: str, transfer: str, gpu: bool, scenarios: list[Sce
         trainer_bytes = trainer.check(model)
     except ValueError as exc:
         raise ScenarioError(f"weight_sync: {exc}") from exc
-    defaults = {}
+    defaults, host = {}, False
     if transfer != "shm":
         if not gpu:
             raise ScenarioError(f"--transfer {transfer} is vLLM's CUDA IPC: it needs a CUDA GPU (use --transfer shm)")
         if any(sc.dp_size > 1 for sc in scenarios):
             raise ScenarioError(f"--transfer {transfer}: CUDA IPC reaches the workers on the trainer's GPU only; "
                                 "use --dp 1, or --transfer shm")
-        total, host = int(vllm_compat.gpu_memory_gib() * 2**30), False
+        total = int(vllm_compat.gpu_memory_gib() * 2**30)
         try:
             share = weight_sync.gpu_share(trainer_bytes, total)
         except ScenarioError:
@@ -161,8 +161,7 @@ def _sync_engine_flags(model: str, transfer: str, gpu: bool, scenarios: list[Sce
             # On the GPU then: its packed buffer (vLLM's 1 GiB), allocated per push.
             share, host = weight_sync.gpu_share(weight_sync.PACKED_BUFFER_BYTES, total), True
         defaults["gpu_memory_utilization"] = ["--gpu-memory-utilization", str(share)]
-        return [weight_sync.engine_args(transfer)], defaults, host
-    return [weight_sync.engine_args(transfer)], defaults, False
+    return [weight_sync.engine_args(transfer)], defaults, host
 
 
 def exposure_warning(url: str) -> str:
