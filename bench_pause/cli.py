@@ -59,7 +59,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--transfer", choices=tuple(TRANSFERS),
                    help="how the weight_sync cycle pushes: vLLM's CUDA IPC from a trainer on the engine's GPU "
                         "(ipc: one update, handles to the trainer's tensors; ipc_packed: vLLM's 1 GB buffers), "
-                        "or files in host shared memory (shm). Default: ipc on a GPU, shm on a CPU")
+                        "vLLM's NCCL from a trainer on a GPU of its own (nccl: a broadcast per tensor; "
+                        "nccl_packed: 1 GB chunks), or files in host shared memory (shm). "
+                        "Default: ipc on a GPU, shm on a CPU")
     p.add_argument("--repeats", type=int)
     p.add_argument("--model", help="a preset (below), a local model directory or a Hugging Face id. Default: "
                                     "qwen3-30b-a3b on a GPU with >= 75 GiB, qwen3-8b on a smaller one, tiny on a CPU")

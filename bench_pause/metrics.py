@@ -88,8 +88,8 @@ Definitions (client clock unless the name says ``engine``):
   the engine held a known set). Which set made a token is read off its id
   (bench_pause.trainer). ``sync_transfer``: how the push went (weight_sync.TRANSFERS;
   ``shm`` for traces that do not say); ``trainer_gpu_bytes``: GPU memory the trainer held
-  after the push, its weight sets included where they live on the GPU (CUDA IPC; NaN where
-  not recorded): a packed buffer that stays allocated after every push shows as growth.
+  after the push, its weight sets included where they live on the GPU (CUDA IPC, NCCL; NaN
+  where not recorded): a packed buffer that stays allocated after every push shows as growth.
 - ``ok``: the mode's contract held. keep: no leak, every token delivered, every request
   finished by length. abort: no leak, every request unfinished at the pause call ended
   with ``abort``, except one held (it reached the engine only after the abort, as a

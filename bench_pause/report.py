@@ -108,7 +108,7 @@ def _syncs(runs) -> list[str]:
             "(last token before the pause to the first after the resume). `wrong tok`: the most tokens in "
             "one cycle made by other weights than they should (0 on a correct engine); `checked tok`: the "
             "fewest tokens after a resume whose weights were checked; `trainer GiB`: the most GPU memory a "
-            "CUDA-IPC trainer held after a push, its weight sets included where they live on the GPU (growth "
+            "trainer (CUDA IPC, NCCL) held after a push, its weight sets included where they live on the GPU (growth "
             "from push to push is a leak).", "",
             summary.markdown(table, summary.sync_rows)]
 

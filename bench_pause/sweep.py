@@ -59,7 +59,7 @@ class Plan:
     skipped: list[str]
     sync_model: str | None = None  # the model whose weight sets a weight_sync cycle pushes
     transfer: str | None = None  # and how (weight_sync.TRANSFERS)
-    trainer_host: bool = False  # from pinned host memory (ipc_packed where the GPU has no room for the sets)
+    trainer: weight_sync.Placement = field(default_factory=weight_sync.Placement)  # where the trainer holds the sets
 
 
 def _check_out_dir(out: Path) -> None:
@@ -88,7 +88,7 @@ def plan(cfg: SweepConfig, say: Say = print) -> Plan:
                 say(f"[yellow]warning:[/yellow] {warning}")
         scenarios = [dataclasses.replace(sc, servers=len(cfg.urls)) if sc.backend == "http" else sc
                      for sc in scenarios]
-    engine, sync_model, transfer, host = None, None, cfg.transfer, False
+    engine, sync_model, transfer, placement = None, None, cfg.transfer, weight_sync.Placement()
     syncs = "weight_sync" in cfg.grid.cycles
     if transfer and not syncs:
         raise ScenarioError("--transfer says how the weight_sync cycle pushes weights: add --cycle weight_sync")
@@ -112,9 +112,11 @@ def plan(cfg: SweepConfig, say: Say = print) -> Plan:
         extra, defaults = [], {}
         if syncs:
             transfer = transfer or ("ipc" if gpu else "shm")
-            extra, defaults, host = _sync_engine_flags(model, transfer, gpu, scenarios, say)
+            extra, defaults, placement = _sync_engine_flags(model, transfer, gpu, scenarios, say)
             sync_model = model
         engine = vllm_compat.engine_config(model, [*cfg.engine_args, *extra], gpu, defaults)
+        if syncs and weight_sync.nccl(transfer):
+            placement = _own_trainer_gpu(engine, scenarios)
     done = set()
     if cfg.resume:
         recorded = read_meta(cfg.out).get("vllm_version")
@@ -127,41 +129,58 @@ def plan(cfg: SweepConfig, say: Say = print) -> Plan:
             done = {tuple(r) for r in measured[Scenario.columns()].itertuples(index=False)}
     todo = [sc for sc in scenarios if tuple(sc.as_dict().values()) not in done]
     skipped = [f"{len(scenarios) - len(todo)} cells already measured"] if done else []
-    return Plan(cfg, engine, group_by_engine(todo, cfg.seed), len(todo), skipped, sync_model, transfer, host)
+    return Plan(cfg, engine, group_by_engine(todo, cfg.seed), len(todo), skipped, sync_model, transfer, placement)
 
 
 def _sync_engine_flags(model: str, transfer: str, gpu: bool, scenarios: list[Scenario],
-                       say: Say) -> tuple[list[str], dict[str, list[str]], bool]:
+                       say: Say) -> tuple[list[str], dict[str, list[str]], weight_sync.Placement]:
     """What a weight_sync sweep adds to the engine's flags (its backend and worker
-    extension) and to their defaults (over CUDA IPC, the memory share that leaves room for
-    the trainer's copy on the same GPU), and whether the trainer holds its sets in host
-    memory (packed IPC where they do not fit the GPU beside an engine); ScenarioError for
-    what cannot run."""
+    extension) and to their defaults (the memory share that leaves room on the engine's
+    GPU for the trainer's copy over CUDA IPC, for NCCL's packed buffers), and where the
+    trainer holds its sets (host memory: packed IPC where they do not fit the GPU beside
+    an engine); ScenarioError for what cannot run."""
     from bench_pause import trainer  # torch: only for a sweep that pushes weights
     vllm_compat.check_weight_transfer()
     try:
         trainer_bytes = trainer.check(model)
     except ValueError as exc:
         raise ScenarioError(f"weight_sync: {exc}") from exc
-    defaults, host = {}, False
+    defaults, placement = {}, weight_sync.Placement()
     if transfer != "shm":
+        backend = "NCCL" if weight_sync.nccl(transfer) else "CUDA IPC"
         if not gpu:
-            raise ScenarioError(f"--transfer {transfer} is vLLM's CUDA IPC: it needs a CUDA GPU (use --transfer shm)")
-        if any(sc.dp_size > 1 for sc in scenarios):
-            raise ScenarioError(f"--transfer {transfer}: CUDA IPC reaches the workers on the trainer's GPU only; "
-                                "use --dp 1, or --transfer shm")
+            raise ScenarioError(f"--transfer {transfer} is vLLM's {backend}: it needs a CUDA GPU (use --transfer shm)")
         total = int(vllm_compat.gpu_memory_gib() * 2**30)
-        try:
-            share = weight_sync.gpu_share(trainer_bytes, total)
-        except ScenarioError:
-            if transfer != "ipc_packed":
-                raise
-            say(f"the trainer's sets ({trainer_bytes / 2**30:.0f} GiB) do not fit the GPU beside an engine: "
-                "it holds them in pinned host memory and packs them onto the GPU per push")
-            # On the GPU then: its packed buffer (vLLM's 1 GiB), allocated per push.
-            share, host = weight_sync.gpu_share(weight_sync.PACKED_BUFFER_BYTES, total), True
+        if weight_sync.nccl(transfer):
+            if trainer_bytes + weight_sync.HEADROOM_BYTES > total:
+                raise ScenarioError(f"--transfer {transfer}: the trainer's two sets ({trainer_bytes / 2**30:.0f} GiB) "
+                                    f"do not fit its GPU of {total / 2**30:.0f} GiB")
+            # On the engine's GPU: vLLM's receive buffers (packed) or one tensor at a time.
+            share = weight_sync.gpu_share(weight_sync.PACKED_NUM_BUFFERS * weight_sync.PACKED_BUFFER_BYTES, total)
+        else:
+            if any(sc.dp_size > 1 for sc in scenarios):
+                raise ScenarioError(f"--transfer {transfer}: CUDA IPC reaches the workers on the trainer's GPU only; "
+                                    "use --dp 1, --transfer nccl or --transfer shm")
+            try:
+                share = weight_sync.gpu_share(trainer_bytes, total)
+            except ScenarioError:
+                if transfer != "ipc_packed":
+                    raise
+                say(f"the trainer's sets ({trainer_bytes / 2**30:.0f} GiB) do not fit the GPU beside an engine: "
+                    "it holds them in pinned host memory and packs them onto the GPU per push")
+                # On the GPU then: its packed buffer (vLLM's 1 GiB), allocated per push.
+                share, placement = weight_sync.gpu_share(weight_sync.PACKED_BUFFER_BYTES, total), \
+                    weight_sync.Placement(host=True)
         defaults["gpu_memory_utilization"] = ["--gpu-memory-utilization", str(share)]
-    return [weight_sync.engine_args(transfer)], defaults, host
+    return [weight_sync.engine_args(transfer)], defaults, placement
+
+
+def _own_trainer_gpu(engine: vllm_compat.EngineConfig, scenarios: list[Scenario]) -> weight_sync.Placement:
+    """An NCCL trainer's GPU: the first one the largest engine of the sweep leaves."""
+    ea = engine.async_engine_args(1)
+    workers = int(ea.tensor_parallel_size) * int(ea.pipeline_parallel_size)
+    engine_gpus = max(sc.dp_size for sc in scenarios) * workers if scenarios else workers
+    return weight_sync.Placement(gpu=weight_sync.own_gpu(vllm_compat.gpu_count(), engine_gpus), workers=workers)
 
 
 def exposure_warning(url: str) -> str:
@@ -237,9 +256,9 @@ async def run(p: Plan, progress: Progress | None = None, stop: asyncio.Event | N
     staged = None
     if p.sync_model and p.total:
         progress.say(f"staging the weight sets (the trainer, transfer {p.transfer})")
-        if p.transfer != "shm":  # set before any engine starts: its processes inherit it
+        if weight_sync.TRANSFERS[p.transfer] == "ipc":  # set before any engine starts: its processes inherit it
             os.environ[weight_sync.IPC_ENV] = "1"
-        staged = await asyncio.to_thread(weight_sync.stage, p.sync_model, p.transfer, p.trainer_host)
+        staged = await asyncio.to_thread(weight_sync.stage, p.sync_model, p.transfer, p.trainer)
         info.update(weight_transfer=p.transfer, weight_sets=[dataclasses.asdict(s) for s in staged.sets],
                     trainer_device=staged.device)
         write_json(meta_path, info)
@@ -275,7 +294,14 @@ async def run(p: Plan, progress: Progress | None = None, stop: asyncio.Event | N
                 before = len(queue)
                 try:
                     if staged:
-                        await weight_sync.attach(session, staged, cfg.timeouts)
+                        try:
+                            await weight_sync.attach(session, staged, cfg.timeouts)
+                        except (RuntimeError, TimeoutError) as exc:  # a trainer gone, an NCCL group not formed
+                            entry.update(error=f"weight transfer: {exc}".splitlines()[0])
+                            write_json(meta_path, info)
+                            outcome.engine_failures.append(f"{backend} dp{dp_size}: weight transfer: {exc}")
+                            progress.say(f"[red]{backend} dp {dp_size}: the weight transfer did not attach:[/red] {exc}")
+                            break
                     queue = await _run_cells(session, queue, rundir, engine_no, cfg, rng, progress, outcome, stop)
                 finally:
                     await session.close()

@@ -30,8 +30,16 @@ The trainer runs as its own process, as a trainer does, in one of two ways:
   a CUDA-IPC handle per tensor) or packed (vLLM's 1 GB buffers, one update each). Each
   update it would send is written as ``{"update": info}`` for the client to pass to the
   engine's ``update_weights``; the trainer waits for ``ok`` before it goes on (a packed
-  buffer is reused), then says ``{"done": i, ...}`` with its GPU memory after the push. Protocol lines go to the process's
-  stdout and everything else (vLLM's log) to stderr.
+  buffer is reused), then says ``{"done": i, ...}`` with its GPU memory after the push.
+- ``python -m bench_pause.trainer MODEL_DIR --serve nccl|nccl_packed`` (a GPU of its own,
+  not the engine's): holds both sets there the same way; an ``{"init": info}`` line joins
+  a new NCCL group with an engine's workers as rank 0 (vLLM's ``trainer_init``, while the
+  client has the engine join: ``{"joined": world_size}``), and ``{"send": i}`` writes the
+  one update the engine must receive with (``"collective": true``: the client calls it
+  now, without waiting) and broadcasts set ``i`` with vLLM's
+  ``NCCLWeightTransferEngine.trainer_send_weights``, one tensor at a time or packed.
+
+Protocol lines go to the process's stdout and everything else (vLLM's log) to stderr.
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ from pathlib import Path
 
 import torch
 
-from bench_pause.weight_sync import WeightSet
+from bench_pause.weight_sync import PACKED_BUFFER_BYTES, PACKED_NUM_BUFFERS, WeightSet
 
 SET_NAMES = ("A", "B")
 # The last normalisation and the LM head, by checkpoint layout.
@@ -233,12 +241,9 @@ def _say(out: IO[str], message: dict) -> None:
     out.flush()
 
 
-def serve(model_dir: Path, packed: bool, host: bool, out: IO[str], inp: IO[str]) -> None:
-    """Hold both sets on this process's CUDA device (or in pinned host memory: ``host``)
-    and push the asked one through vLLM's IPC trainer API, relaying each update over
-    ``out``/``inp`` (the module's docstring)."""
-    from bench_pause.transfer_worker import ipc_engine
-    ipc = ipc_engine()
+def _hold(model_dir: Path, host: bool, out: IO[str]) -> list[list[tuple[str, torch.Tensor]]]:
+    """Both sets on this process's CUDA device (or in pinned host memory: ``host``), each
+    as its tensors in push order (the shared ones held once); says so on ``out``."""
     gpu = f"cuda:{torch.cuda.current_device()}"
     keep = _pinned if host else (lambda tensors: tensors)
     source = Source(str(model_dir))
@@ -255,6 +260,24 @@ def serve(model_dir: Path, packed: bool, host: bool, out: IO[str], inp: IO[str])
     free, total = torch.cuda.mem_get_info()
     _say(out, {"sets": [asdict(s) for s in sets], "device_bytes": torch.cuda.memory_allocated(),
                "free": free, "total": total})
+    return ordered
+
+
+def _pushed(index: int) -> dict:
+    """What the trainer holds on the GPU after a push (its sets included where they live
+    there), before and after asking torch to free IPC-shared blocks the engine has
+    released: a packed buffer that stays allocated after every push is a leak a long
+    training run pays."""
+    held = torch.cuda.memory_allocated()
+    torch.cuda.ipc_collect()
+    return {"done": index, "gpu_bytes": held, "gpu_bytes_collected": torch.cuda.memory_allocated()}
+
+
+def serve_ipc(ordered: list[list[tuple[str, torch.Tensor]]], packed: bool, out: IO[str], inp: IO[str]) -> None:
+    """Push the asked set through vLLM's IPC trainer API, relaying each update over
+    ``out``/``inp`` (the module's docstring)."""
+    from bench_pause.transfer_worker import ipc_engine
+    ipc = ipc_engine()
 
     def relay(update) -> None:  # vLLM's IPCWeightTransferUpdateInfo; handles pickled as its HTTP sender does
         info = {"names": update.names, "dtype_names": update.dtype_names, "shapes": update.shapes,
@@ -268,32 +291,56 @@ def serve(model_dir: Path, packed: bool, host: bool, out: IO[str], inp: IO[str])
 
     # vLLM's default packed buffer (1 GiB) refuses a larger tensor (Qwen3-8B's embedding is
     # 1.16 GiB): the buffer is the default or the largest tensor, whichever is larger.
-    buffer = max(1 << 30, max(t.numel() * t.element_size() for order in ordered for _, t in order))
+    buffer = max(PACKED_BUFFER_BYTES, max(t.numel() * t.element_size() for order in ordered for _, t in order))
     while line := inp.readline():
         index = int(json.loads(line)["send"])
-        tensors: Iterator[tuple[str, torch.Tensor]] = iter(ordered[index])
         ipc.IPCWeightTransferEngine.trainer_send_weights(
-            tensors, ipc.IPCTrainerSendWeightsArgs(send_mode=relay, packed=packed, packed_buffer_size_bytes=buffer))
-        # What the trainer holds on the GPU after a push (its sets included where they live
-        # there), before and after asking torch to free IPC-shared blocks the engine has
-        # released: a packed buffer that stays allocated after every push is a leak a long
-        # training run pays.
-        held = torch.cuda.memory_allocated()
-        torch.cuda.ipc_collect()
-        _say(out, {"done": index, "gpu_bytes": held, "gpu_bytes_collected": torch.cuda.memory_allocated()})
+            iter(ordered[index]),
+            ipc.IPCTrainerSendWeightsArgs(send_mode=relay, packed=packed, packed_buffer_size_bytes=buffer))
+        _say(out, _pushed(index))
+
+
+def serve_nccl(ordered: list[list[tuple[str, torch.Tensor]]], packed: bool, out: IO[str], inp: IO[str]) -> None:
+    """Join each engine's NCCL group and broadcast the asked set to it (the module's
+    docstring); one group at a time, the last engine's."""
+    from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerSendWeightsArgs, NCCLWeightTransferEngine
+    group = None
+    while line := inp.readline():
+        message = json.loads(line)
+        if "init" in message:
+            group = None  # the previous engine's group: that engine is gone
+            group = NCCLWeightTransferEngine.trainer_init(message["init"])
+            _say(out, {"joined": message["init"]["world_size"]})
+            continue
+        if group is None:
+            raise RuntimeError("asked to push before joining an engine's group (init)")
+        index = int(message["send"])
+        tensors = ordered[index]
+        # The engine receives exactly these tensors in this order (vLLM's NCCLWeightTransferUpdateInfo).
+        _say(out, {"collective": True, "update": {
+            "names": [n for n, _ in tensors], "dtype_names": [str(t.dtype).removeprefix("torch.") for _, t in tensors],
+            "shapes": [list(t.shape) for _, t in tensors], "packed": packed,
+            "packed_buffer_size_bytes": PACKED_BUFFER_BYTES, "packed_num_buffers": PACKED_NUM_BUFFERS}})
+        NCCLWeightTransferEngine.trainer_send_weights(iter(tensors), NCCLTrainerSendWeightsArgs(
+            group=group, packed=packed, packed_buffer_size_bytes=PACKED_BUFFER_BYTES,
+            packed_num_buffers=PACKED_NUM_BUFFERS))
+        torch.cuda.synchronize()  # the broadcast is queued on streams: done means received
+        _say(out, _pushed(index))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench_pause.trainer", description=__doc__.splitlines()[0])
     p.add_argument("model_dir", type=Path)
     p.add_argument("out", type=Path, nargs="?", help="stage both sets here as files (bench_shm)")
-    p.add_argument("--serve", choices=("ipc", "ipc_packed"),
-                   help="hold both sets on the GPU and push them through vLLM's CUDA IPC on request")
+    p.add_argument("--serve", choices=("ipc", "ipc_packed", "nccl", "nccl_packed"),
+                   help="hold both sets on the GPU and push them through vLLM's CUDA IPC or NCCL on request")
     p.add_argument("--host-memory", action="store_true",
                    help="with --serve ipc_packed: hold the sets in pinned host memory, not on the GPU")
+    p.add_argument("--device", type=int, default=0,
+                   help="with --serve: the CUDA device (index) that holds the sets; NCCL: not the engine's")
     args = p.parse_args(argv)
     if (args.out is None) == (args.serve is None):
-        p.error("give OUT (stage files) or --serve (push over CUDA IPC), one of them")
+        p.error("give OUT (stage files) or --serve (push over CUDA IPC or NCCL), one of them")
     if args.host_memory and args.serve != "ipc_packed":
         p.error("--host-memory needs --serve ipc_packed (unpacked IPC shares GPU tensors)")
     if args.serve:
@@ -302,7 +349,12 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(2, 1)
         sys.stdout = sys.stderr
         try:
-            serve(args.model_dir, args.serve == "ipc_packed", args.host_memory, proto, sys.stdin)
+            if not torch.cuda.is_available():
+                raise RuntimeError("no CUDA device here: --serve pushes from a CUDA GPU")
+            torch.cuda.set_device(args.device)
+            ordered = _hold(args.model_dir, args.host_memory, proto)
+            serving = serve_nccl if args.serve.startswith("nccl") else serve_ipc
+            serving(ordered, args.serve.endswith("_packed"), proto, sys.stdin)
         except Exception as exc:  # reported on the protocol, so the client says why
             _say(proto, {"error": f"{type(exc).__name__}: {exc}"})
             raise

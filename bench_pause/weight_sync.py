@@ -9,8 +9,10 @@ pause and the resume.
 Transfers (``TRANSFERS``): ``ipc`` and ``ipc_packed`` are vLLM's own CUDA-IPC backend, fed
 by a trainer process that holds both sets on the engine's GPU (unpacked: one update whose
 handles point at the trainer's tensors; packed: vLLM's reused IPC buffer, one update per
-buffer); ``shm`` is bench-pause's host-memory backend for hosts without CUDA
-(transfer_worker). Each push loads the set the engine does not hold (A, B, A, ...), so every cycle
+buffer); ``nccl`` and ``nccl_packed`` are vLLM's NCCL backend, the trainer on a GPU of its
+own broadcasting to every worker while the engine's one update receives (unpacked: one
+broadcast per tensor; packed: vLLM's double-buffered 1 GiB chunks); ``shm`` is
+bench-pause's host-memory backend for hosts without CUDA (transfer_worker). Each push loads the set the engine does not hold (A, B, A, ...), so every cycle
 changes the tokens the engine makes, and the trace says which set each token came from:
 ``push`` records the old and the new set's tokens with its first event (metrics reads them).
 """
@@ -24,10 +26,12 @@ import os
 import select
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +40,7 @@ from bench_pause.backends.base import Session, Timeouts
 from bench_pause.scenario import ScenarioError
 
 # Each transfer and vLLM's backend that receives it (bench_shm: transfer_worker.BACKEND).
-TRANSFERS = {"shm": "bench_shm", "ipc": "ipc", "ipc_packed": "ipc"}
+TRANSFERS = {"shm": "bench_shm", "ipc": "ipc", "ipc_packed": "ipc", "nccl": "nccl", "nccl_packed": "nccl"}
 EXTENSION = "bench_pause.transfer_worker.BenchPauseWorker"
 OWN_FLAGS = {"--weight-transfer-config", "--worker-extension-cls"}
 # vLLM's IPC backend unpickles the trainer's handles only where this is set (engine side).
@@ -45,6 +49,13 @@ IPC_ENV = "VLLM_ALLOW_INSECURE_SERIALIZATION"
 # packed buffers, the layers a reload has in flight.
 HEADROOM_BYTES = 8 << 30
 PACKED_BUFFER_BYTES = 1 << 30  # vLLM's packed IPC buffer (packed_tensor.DEFAULT_PACKED_BUFFER_SIZE_BYTES)
+PACKED_NUM_BUFFERS = 2  # and how many of them packed NCCL cycles through (DEFAULT_PACKED_NUM_BUFFERS)
+
+
+def nccl(transfer: str) -> bool:
+    """Whether ``transfer`` is vLLM's NCCL backend: a trainer on a GPU of its own, in one
+    collective with every worker."""
+    return TRANSFERS[transfer] == "nccl"
 
 
 def engine_args(transfer: str) -> str:
@@ -66,6 +77,29 @@ def gpu_share(trainer_bytes: int, total_bytes: int) -> float:
     return min(share, 0.9)
 
 
+def own_gpu(count: int, engine_gpus: int) -> int:
+    """The GPU an NCCL trainer takes, by index among the ``count`` visible: the first after
+    the ``engine_gpus`` the engine takes; ScenarioError where none is left (NCCL refuses
+    two ranks of one group on one device)."""
+    if count <= engine_gpus:
+        raise ScenarioError(f"--transfer nccl: the trainer needs a GPU of its own beside the engine's {engine_gpus}, "
+                            f"and {count} are visible; use fewer --dp or --transfer ipc")
+    return engine_gpus
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the trainer holds its sets: on the engine's GPU (the default), in pinned host
+    memory (``host``: packed IPC where the GPU has no room for them), or on a GPU of its own
+    (``gpu``, by index: NCCL, whose group has 1 + dp x ``workers`` ranks). The trainer sees
+    the GPUs the engine sees, as a trainer beside vLLM on one node does (NCCL then finds
+    the direct path between the two devices)."""
+
+    host: bool = False
+    gpu: int | None = None
+    workers: int = 1  # the engine's workers per data-parallel rank (tensor x pipeline parallel)
+
+
 @dataclass(frozen=True)
 class WeightSet:
     """One staged set (bench_pause.trainer writes it): its files in push order (the tensors
@@ -79,12 +113,15 @@ class WeightSet:
 
 
 class Trainer:
-    """A trainer serving CUDA-IPC pushes (``python -m bench_pause.trainer --serve``): JSON
-    lines each way over its stdin and stdout, every read bounded by a timeout."""
+    """A trainer serving pushes over CUDA IPC or NCCL (``python -m bench_pause.trainer
+    --serve``): JSON lines each way over its stdin and stdout, every read bounded by a
+    timeout."""
 
-    def __init__(self, model: str, transfer: str, host: bool, log: Path) -> None:
+    def __init__(self, model: str, transfer: str, placement: Placement, log: Path) -> None:
         self.log = log
-        cmd = [sys.executable, "-m", "bench_pause.trainer", model, "--serve", transfer, *(["--host-memory"] if host else [])]
+        cmd = [sys.executable, "-m", "bench_pause.trainer", model, "--serve", transfer,
+               *(["--host-memory"] if placement.host else []),
+               *(["--device", str(placement.gpu)] if placement.gpu is not None else [])]
         with open(log, "wb") as err:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, bufsize=0)
         self._buf = bytearray()
@@ -135,12 +172,13 @@ class Trainer:
 @dataclass
 class Staged:
     """Both weight sets: files in ``dir`` (shared memory where the host has it), or held
-    by a serving ``trainer`` (CUDA IPC; ``dir`` keeps its log)."""
+    by a serving ``trainer`` (CUDA IPC, NCCL; ``dir`` keeps its log)."""
 
     sets: list[WeightSet]
     dir: Path
     transfer: str = "shm"
     trainer: Trainer | None = None
+    placement: Placement = field(default_factory=Placement)
     device: dict = field(default_factory=dict)  # where the trainer holds them; its GPU's memory then
 
     def remove(self, keep_log: Path | None = None) -> None:
@@ -166,14 +204,14 @@ class EngineWeights:
         return old, 0 if self.loaded is None else 1 - self.loaded
 
 
-def stage(model: str, transfer: str = "shm", host: bool = False, timeout_s: float = 900.0) -> Staged:
+def stage(model: str, transfer: str = "shm", placement: Placement = Placement(), timeout_s: float = 900.0) -> Staged:
     """Run the trainer (``python -m bench_pause.trainer``): write both sets (shm) or start
-    it serving them from the GPU or, ``host``, pinned host memory (ipc) and wait until it
-    holds them; a model it cannot mark, or one with no weight files, is a ScenarioError
-    (before any engine)."""
+    it serving them (ipc, nccl) from where ``placement`` says and wait until it holds them;
+    a model it cannot mark, or one with no weight files, is a ScenarioError (before any
+    engine)."""
     if transfer != "shm":
         out = Path(tempfile.mkdtemp(prefix="bench-pause-trainer-"))
-        trainer = Trainer(model, transfer, host, out / "trainer.log")
+        trainer = Trainer(model, transfer, placement, out / "trainer.log")
         try:
             ready = trainer.read(timeout_s)
         except (RuntimeError, TimeoutError) as exc:
@@ -181,8 +219,9 @@ def stage(model: str, transfer: str = "shm", host: bool = False, timeout_s: floa
             shutil.rmtree(out, ignore_errors=True)
             raise ScenarioError(f"weight_sync: the trainer could not hold {model} on the GPU: {exc}") from exc
         sets = [WeightSet(s["name"], (), tuple(s["tokens"]), s["bytes"]) for s in ready["sets"]]
-        return Staged(sets, out, transfer, trainer,
-                      {"memory": "host" if host else "gpu", **{k: ready[k] for k in ("device_bytes", "free", "total")}})
+        return Staged(sets, out, transfer, trainer, placement,
+                      {"memory": "host" if placement.host else "gpu", "gpu": placement.gpu,
+                       **{k: ready[k] for k in ("device_bytes", "free", "total")}})
     shm = Path("/dev/shm")
     out = Path(tempfile.mkdtemp(prefix="bench-pause-weights-", dir=shm if shm.is_dir() else None))
     try:
@@ -199,27 +238,64 @@ def stage(model: str, transfer: str = "shm", host: bool = False, timeout_s: floa
     return Staged(sets, out)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _collective(trainer: Trainer, *calls: Awaitable) -> list:
+    """Both sides of one NCCL collective, the engine's call and the trainer's answer, run
+    together (each blocks until the other joins). Where either fails the other is left
+    blocked in NCCL: the trainer is stopped (its reader returns, later pushes report it
+    gone) and the engine's own failure is raised; the measurement then restarts the engine."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        await asyncio.to_thread(trainer.stop, 1.0)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 async def attach(session: Session, staged: Staged, timeouts: Timeouts) -> None:
-    """Set a freshly started engine up for pushes (vLLM's ``init_weight_transfer_engine``)."""
-    await asyncio.wait_for(session.weight_update("init", {}), timeouts.pause)
+    """Set a freshly started engine up for pushes (vLLM's ``init_weight_transfer_engine``;
+    over NCCL, a new group of the trainer, rank 0, and every worker of this engine)."""
+    if nccl(staged.transfer):
+        init = {"master_address": "127.0.0.1", "master_port": _free_port(),
+                "world_size": 1 + session.info.dp_size * staged.placement.workers}
+        await asyncio.to_thread(staged.trainer.send, {"init": init})
+        await _collective(staged.trainer,
+                          asyncio.wait_for(session.weight_update("init", {**init, "rank_offset": 1}), timeouts.pause),
+                          asyncio.to_thread(staged.trainer.read, timeouts.pause))
+    else:
+        await asyncio.wait_for(session.weight_update("init", {}), timeouts.pause)
     session.weights = EngineWeights(staged)
 
 
 async def _updates_from_trainer(session: Session, trainer: Trainer, index: int, timeouts: Timeouts) -> dict:
-    """Have the trainer push set ``index`` (vLLM's IPC sender), passing each of its updates
-    to the engine; the number of updates and what the trainer said when done."""
+    """Have the trainer push set ``index`` (vLLM's IPC or NCCL sender), passing each of its
+    updates to the engine; the number of updates and what the trainer said when done.
+    Over IPC the trainer waits for each update to be loaded (its buffer is reused); over
+    NCCL the engine's one update receives while the trainer broadcasts."""
     await asyncio.to_thread(trainer.send, {"send": index})
     updates = 0
     while "done" not in (message := await asyncio.to_thread(trainer.read, timeouts.sync)):
-        await asyncio.wait_for(session.weight_update("update", message["update"]), timeouts.sync)
-        await asyncio.to_thread(trainer.send, "ok")
+        update = asyncio.wait_for(session.weight_update("update", message["update"]), timeouts.sync)
         updates += 1
+        if message.get("collective"):
+            _, message = await _collective(trainer, update, asyncio.to_thread(trainer.read, timeouts.sync))
+            break
+        await update
+        await asyncio.to_thread(trainer.send, "ok")
     return {"updates": updates, **{k: v for k, v in message.items() if k != "done"}}
 
 
 async def push(session: Session, trace: tr.Trace, timeouts: Timeouts) -> None:
     """Push the set the engine does not hold: start, its updates (one per staged file, or
-    as many as the trainer sends over CUDA IPC), finish, each bounded by a timeout."""
+    as many as the trainer sends: CUDA IPC, NCCL), finish, each bounded by a timeout."""
     weights: EngineWeights | None = session.weights
     if weights is None:
         raise RuntimeError("weight_sync on an engine that was not attached (weight_sync.attach)")

@@ -9,6 +9,7 @@ engine test shows the check fails when the engine holds other weights than claim
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 
@@ -104,10 +105,41 @@ def test_gpu_share_leaves_the_trainer_its_copy():
         weight_sync.gpu_share(61 * gib, 80 * gib)  # qwen3-30b-a3b's two sets on an H100
 
 
+def test_an_nccl_trainer_takes_the_first_gpu_the_engine_leaves():
+    assert weight_sync.own_gpu(2, 1) == 1  # dp 1 on a two-GPU host: the engine takes GPU 0
+    assert weight_sync.own_gpu(4, 2) == 2
+    with pytest.raises(ScenarioError, match="needs a GPU of its own beside the engine's 2, and 2 are visible"):
+        weight_sync.own_gpu(2, 2)  # dp 2 on a two-GPU host
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU host's answer: no CUDA to serve from")
-def test_a_trainer_that_cannot_serve_over_ipc_says_why(model_path):
+@pytest.mark.parametrize("transfer", ["ipc", "nccl_packed"])
+def test_a_trainer_that_cannot_serve_says_why(model_path, transfer):
     with pytest.raises(ScenarioError, match="could not hold .* on the GPU: the trainer failed: .*CUDA"):
-        weight_sync.stage(model_path, "ipc", timeout_s=120)
+        weight_sync.stage(model_path, transfer, timeout_s=120)
+
+
+def test_a_failed_side_of_an_nccl_collective_stops_the_trainer(tmp_path):
+    """The engine's side fails while the trainer would block in NCCL: no wait for the
+    trainer's timeout, its process is gone, and the engine's error is what is raised. (A
+    process that never answers stands in for the blocked trainer; no vLLM is involved.)"""
+    import subprocess
+    import sys
+    import time
+
+    stuck = weight_sync.Trainer.__new__(weight_sync.Trainer)
+    stuck.log, stuck._buf = tmp_path / "trainer.log", bytearray()
+    stuck.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+
+    async def engine_side() -> None:
+        await asyncio.sleep(0.2)
+        raise RuntimeError("POST /update_weights answered 500")
+
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="answered 500"):
+        asyncio.run(weight_sync._collective(stuck, engine_side(), asyncio.to_thread(stuck.read, 300)))
+    assert time.monotonic() - t0 < 30 and stuck.proc.poll() is not None
 
 
 def test_transfer_is_refused_where_it_cannot_apply(tmp_path):
@@ -118,6 +150,8 @@ def test_transfer_is_refused_where_it_cannot_apply(tmp_path):
                         timeout=300)
         assert r.returncode == 2 and "needs a CUDA GPU (use --transfer shm)" in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "b" / "runs.parquet").exists()
+        r = bench_pause("run", "--cycle", "weight_sync", "--transfer", "nccl", "--out", tmp_path / "c", timeout=300)
+        assert r.returncode == 2 and "is vLLM's NCCL: it needs a CUDA GPU" in r.stderr, r.stderr
 
 
 def test_a_preset_without_weight_files_is_staged_in_its_layout(tmp_path, monkeypatch):

@@ -23,7 +23,9 @@
 #                                             #   $BACKENDS (default offline); resumable, call it again
 #   bash tools/gpu-session.sh weight_sync [MODEL]  # one GPU: the weight_sync cycle (every mode, cache
 #                                             #   both ways) on $BACKENDS (both by default), pushed by
-#                                             #   --transfer $TRANSFER (ipc by default; qwen3-8b by default)
+#                                             #   --transfer $TRANSFER (ipc by default; qwen3-8b by default);
+#                                             #   two GPUs with TRANSFER=nccl|nccl_packed (the trainer on
+#                                             #   GPU 1, NCCL's transport lines in the run's trainer.log)
 #   bash tools/gpu-session.sh idle [MODEL]    # one GPU: tools/idle-probe-check.py (the idle probe
 #                                             #   paused and while generating)
 # A step that resumes (cmp, history) continues from the run directories in the working tree: unpack
@@ -120,7 +122,9 @@ case ${1:-info} in
   weight_sync)
     model=${2:-qwen3-8b}
     transfer=${TRANSFER:-ipc}
-    out="results/$MACHINE-v$VLLM_VERSION-weight-sync-$transfer-$model"
+    out="results/$MACHINE-v$VLLM_VERSION-weight-sync-$transfer-$model${SUFFIX:-}"
+    # NCCL says which transport it chose (P2P over NVLink, shared memory, ...): the bandwidth depends on it.
+    case $transfer in nccl*) export NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT;; esac
     # shellcheck disable=SC2086
     timeout -k 40 "$LIMIT_S" python3 -m bench_pause run --model "$model" --cycle weight_sync --transfer "$transfer" \
       --backend ${BACKENDS:-offline http} --mode keep abort wait --pause-point tokens:20 --max-tokens 128 \
