@@ -308,7 +308,7 @@ def serve_nccl(ordered: list[list[tuple[str, torch.Tensor]]], packed: bool, out:
     while line := inp.readline():
         message = json.loads(line)
         if "init" in message:
-            group = None  # the previous engine's group: that engine is gone
+            group = None  # let the previous engine's group go first: that engine is gone
             group = NCCLWeightTransferEngine.trainer_init(message["init"])
             _say(out, {"joined": message["init"]["world_size"]})
             continue

@@ -12,9 +12,10 @@ handles point at the trainer's tensors; packed: vLLM's reused IPC buffer, one up
 buffer); ``nccl`` and ``nccl_packed`` are vLLM's NCCL backend, the trainer on a GPU of its
 own broadcasting to every worker while the engine's one update receives (unpacked: one
 broadcast per tensor; packed: vLLM's double-buffered 1 GiB chunks); ``shm`` is
-bench-pause's host-memory backend for hosts without CUDA (transfer_worker). Each push loads the set the engine does not hold (A, B, A, ...), so every cycle
-changes the tokens the engine makes, and the trace says which set each token came from:
-``push`` records the old and the new set's tokens with its first event (metrics reads them).
+bench-pause's host-memory backend for hosts without CUDA (transfer_worker). Each push
+loads the set the engine does not hold (A, B, A, ...), so every cycle changes the tokens
+the engine makes, and the trace says which set each token came from: ``push`` records the
+old and the new set's tokens with its first event (metrics reads them).
 """
 
 from __future__ import annotations
