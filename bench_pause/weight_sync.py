@@ -84,7 +84,7 @@ def own_gpu(count: int, engine_gpus: int) -> int:
     two ranks of one group on one device)."""
     if count <= engine_gpus:
         raise ScenarioError(f"--transfer nccl: the trainer needs a GPU of its own beside the engine's {engine_gpus}, "
-                            f"and {count} are visible; use fewer --dp or --transfer ipc")
+                            f"and {count} are visible: measure a smaller --dp")
     return engine_gpus
 
 
