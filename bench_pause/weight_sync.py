@@ -249,7 +249,7 @@ async def _collective(trainer: Trainer, *calls: Awaitable) -> list:
     """Both sides of one NCCL collective, the engine's call and the trainer's answer, run
     together (each blocks until the other joins). Where either fails the other is left
     blocked in NCCL: the trainer is stopped (its reader returns, later pushes report it
-    gone) and the engine's own failure is raised; the measurement then restarts the engine."""
+    gone) and the first failure is raised; the measurement then restarts the engine."""
     tasks = [asyncio.ensure_future(call) for call in calls]
     try:
         return await asyncio.gather(*tasks)
