@@ -138,8 +138,15 @@ def _add_interleave(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="the comparison directory")
     p.add_argument("--seed", type=int, default=0, help="round r runs with seed SEED + r, for every variant alike")
     p.add_argument("--resume", action="store_true", help="continue the comparison in --out (or add rounds)")
+    _add_stop_after(p)
     p.add_argument("run_args", nargs=argparse.REMAINDER, metavar="-- RUN_OPTIONS",
                    help="options of `bench-pause run` for every run (not --out, --seed, --resume)")
+
+
+def _add_stop_after(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stop-after", type=float, metavar="SECONDS",
+                   help="start no run that would end later than SECONDS from now (at the pace of the slowest "
+                        "finished run): exit 75, --resume continues; for machines lent for a fixed time")
 
 
 def _add_history(sub: argparse._SubParsersAction) -> None:
@@ -159,7 +166,11 @@ def _add_history(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="the history directory (an interleaved comparison)")
     p.add_argument("--seed", type=int, default=0, help="round r runs with seed SEED + r, for every release alike")
     p.add_argument("--resume", action="store_true", help="continue the history in --out (or add rounds)")
+    _add_stop_after(p)
     p.add_argument("--publish", type=Path, metavar="DIR", help="write DIR/index.md, steps.md and history.png")
+    p.add_argument("--calibrate", type=float, nargs="*", metavar="MS",
+                   help="also measure, in the same rounds, the newest release again (A/A) and with each MS "
+                        "injected before every pause and resume call; the page says what the history could see")
     p.add_argument("run_args", nargs=argparse.REMAINDER, metavar="-- RUN_OPTIONS",
                    help="options of `bench-pause run` for every run (not --out, --seed, --resume)")
 
@@ -403,7 +414,7 @@ def cmd_interleave(args: argparse.Namespace) -> int:
     run_args, _ = _rounds_and_run_options(args)
     variants = interleave.read_versions(interleave.parse_variants(args.envs, args.inject))
     job = interleave.Interleave.create(args.out, variants, args.rounds, args.seed, run_args, args.resume)
-    code = job.run()
+    code = job.run(args.stop_after)
     print(f"comparison in {args.out}: bench-pause compare {args.out}")
     return code
 
@@ -413,17 +424,20 @@ def cmd_history(args: argparse.Namespace) -> int:
     code = 0
     if args.releases:
         releases = history.check_releases(args.releases)
+        history.check_delays(args.calibrate or [])
         run_args, grid = _rounds_and_run_options(args)
         interleave.check_out(args.out, args.resume)
         variants, left_out = history.environments(releases, grid.modes)
         if len(variants) < 2:
             raise ScenarioError("fewer than two releases can run: "
                                 + "; ".join(f"{x['release']}: {x['reason']}" for x in left_out))
+        if args.calibrate is not None:
+            variants += history.calibration(variants[-1], args.calibrate)
         job = interleave.Interleave.create(args.out, variants, args.rounds, args.seed, run_args, args.resume)
         job.plan["left_out"] = left_out
         job.save()
-        code = job.run()
-        if code in (interleave.EXIT_INT, interleave.EXIT_TERM, EXIT_USAGE):
+        code = job.run(args.stop_after)
+        if code in (interleave.EXIT_INT, interleave.EXIT_TERM, interleave.EXIT_TIME, EXIT_USAGE):
             return code
     elif not compare.is_comparison(args.out):
         raise ScenarioError(f"{args.out} holds no history: give --release (at least two) to measure one")

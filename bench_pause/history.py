@@ -11,6 +11,11 @@ never a failure of the suite. Then each release is compared with the one before 
 (:func:`bench_pause.compare.compare`: one value per engine run, Welch, Holm) and the page
 says, per backend and mode, each timing metric's p50 and p90 per release with a 95 %
 confidence interval over engine runs, its largest pause, and the verdict of every step.
+
+``--calibrate MS ...`` measures, in the same rounds, the newest release again and with each
+delay injected: the page then says whether this very history tells the release from itself
+(no regression, in either order) and finds a known slowdown, so every step's verdict comes
+with what the same runs could and could not see.
 """
 
 from __future__ import annotations
@@ -166,6 +171,87 @@ def environments(releases: list[str], modes: list[str], say=print) -> tuple[list
     return variants, left_out
 
 
+def check_delays(delays_ms: list[float]) -> None:
+    if any(not 0 < ms < 10_000 for ms in delays_ms):
+        raise ScenarioError("--calibrate: each delay is a positive number of milliseconds (below 10000)")
+
+
+def calibration(newest: Variant, delays_ms: list[float]) -> list[Variant]:
+    """The variants that test the history's own verdicts: the newest release again (A/A) and
+    with each delay injected before every pause and resume call. Their names are not
+    versions, which is how the page tells them from releases (a release variant is named
+    by the vLLM version its environment holds)."""
+    check_delays(delays_ms)
+    return [Variant(f"{newest.name}-again", newest.env, vllm=newest.vllm),
+            *(Variant(f"{newest.name}+{ms:g}ms", newest.env, ms / 1e3, ms / 1e3, newest.vllm) for ms in delays_ms)]
+
+
+def split(plan: dict, sides: list[compare.Side]) -> tuple[list[compare.Side], dict[str, compare.Side]]:
+    """The release sides in version order, and each calibration side by name (with the
+    release it calibrates under ``plan``'s variants)."""
+    vllm = {v["name"]: v.get("vllm", "") for v in plan["variants"]}
+    releases = sorted((s for s in sides if vllm.get(s.name) == s.name), key=lambda s: release_key(s.name))
+    return releases, {s.name: s for s in sides if vllm.get(s.name) != s.name}
+
+
+def calibrate(plan: dict, releases: list[compare.Side], others: dict[str, compare.Side],
+              th: compare.Thresholds) -> list[compare.Comparison]:
+    """Each calibration variant against its release: the A/A one in both orders (the base
+    named first in either), each injected one as the new side."""
+    vllm = {v["name"]: v.get("vllm", "") for v in plan["variants"]}
+    by_name = {s.name: s for s in releases}
+    out = []
+    for name, side in others.items():
+        base = by_name.get(vllm.get(name, ""))
+        if base is None:
+            continue
+        out.append(compare.compare(base, side, th))
+        if name.endswith("-again"):
+            out.append(compare.compare(side, base, th))
+    return out
+
+
+def _found(c: compare.Comparison) -> str:
+    """A calibration comparison's group tests that moved: which, by how much, with the CI."""
+    t = c.tests[c.tests["level"] == "group"] if len(c.tests) else c.tests
+    moved = t[t["verdict"].isin(["regression", "improvement", "changed, below threshold"])] if len(t) else t
+    return "; ".join(f"{r['backend']} {r['mode']} {NAMES.get(r['metric'], r['metric'])} {r['verdict']} "
+                     f"{r['delta'] * 1e3:+.2f} ms [{r['ci_low'] * 1e3:.2f}, {r['ci_high'] * 1e3:.2f}]"
+                     for _, r in moved.iterrows()) or "none"
+
+
+def _detectable(c: compare.Comparison) -> list[str]:
+    """Per backend and mode, the smallest slowdown of each headline metric the A/A runs could
+    find (80 % power at the corrected level): what "no change" in a step is worth."""
+    t = c.tests[(c.tests["level"] == "group") & c.tests["metric"].isin(list(NAMES))] if len(c.tests) else c.tests
+    lines = []
+    for (backend, dp, mode), g in (t.groupby(compare.GROUP, sort=False) if len(t) else []):
+        said = ", ".join(f"{NAMES[r['metric']]} {r['detectable'] * 1e3:.1f} ms" for _, r in g.iterrows()
+                         if math.isfinite(r["detectable"]))
+        lines.append(f"- {backend}, dp {dp}, {mode}: {said or 'n/a (too few runs)'}")
+    return lines
+
+
+def calibration_section(checks: list[compare.Comparison]) -> list[str]:
+    if not checks:
+        return []
+    base = checks[0].base.name
+    lines = ["## Calibration: what these rounds can tell apart", "",
+             f"{base} measured again in the same rounds (A/A: no regression may be called, in either order) "
+             "and with a delay injected before every pause and resume call (the test hook of "
+             "`bench_pause.vllm_compat`): a delay the comparison misses is a slowdown of that size the steps "
+             "above would miss too.", "",
+             "| comparison | runs (base, new) | verdict | groups that moved: delta [95 % CI] |", "|---|---|---|---|"]
+    for c in checks:
+        head = "**REGRESSED**" if c.regressed else "no regression"
+        lines.append(f"| {c.new.name} vs {c.base.name} | {c.base.n}, {c.new.n} | {head} | {_found(c)} |")
+    aa = next((c for c in checks if c.new.name.endswith("-again")), None)
+    if aa is not None:
+        lines += ["", f"Smallest slowdown the A/A runs ({aa.base.n} and {aa.new.n}) can detect with 80 % power at "
+                  "the corrected level, per group:", "", *_detectable(aa)]
+    return lines + [""]
+
+
 # --- the page -------------------------------------------------------------------------
 
 def run_levels(side: compare.Side) -> pd.DataFrame:
@@ -230,8 +316,9 @@ def _flags(c: compare.Comparison, backend: str, dp: int, mode: str) -> str:
 
 
 def page(plan: dict, sides: list[compare.Side], table: pd.DataFrame, comparisons: dict[str, compare.Comparison],
-         plot: Path | None, th: compare.Thresholds) -> str:
-    """The history page: one table per backend, the step verdicts, the releases left out."""
+         plot: Path | None, th: compare.Thresholds, checks: list[compare.Comparison] = ()) -> str:
+    """The history page: one table per backend, the step verdicts, the calibration, the
+    releases left out."""
     info = sides[-1].metas[0]
     lines = [f"# vLLM release history: {info.get('device', '?')}", "",
              f"Releases {', '.join(s.name for s in sides)}, measured with `bench-pause run "
@@ -264,6 +351,7 @@ def page(plan: dict, sides: list[compare.Side], table: pd.DataFrame, comparisons
                              + f" | {first['leaked']} | {step} |")
         lines.append("")
     lines += ["## Steps", ""] + [f"- {compare.verdict_line(c)}" for c in comparisons.values()] + [""]
+    lines += calibration_section(list(checks))
     lines += ["## Releases that could not run", ""]
     lines += [f"- {x['release']}: {x['reason']}" for x in plan.get("left_out", [])] or ["None: every release "
                                                                                          "asked for ran."]
@@ -277,14 +365,17 @@ def publish(path: Path, out: Path, th: compare.Thresholds = compare.Thresholds()
     """Write ``out``/index.md, steps.md and history.png/svg for the history in ``path``."""
     from bench_pause import plots
     plan = json.loads((Path(path) / compare.PLAN).read_text())
-    sides = sorted(compare.comparison_sides(path), key=lambda s: release_key(s.name))
+    sides, others = split(plan, compare.comparison_sides(path))
     if len(sides) < 2:
         raise ScenarioError(f"{path}: fewer than two releases have finished runs")
     table = summarize(pd.concat([run_levels(s) for s in sides], ignore_index=True))
     comparisons = {c.new.name: c for c in steps(sides, th)}
+    checks = calibrate(plan, sides, others, th)
     out = Path(out)
     figures = plots.plot_history(table, [s.name for s in sides], comparisons, NAMES, out)
-    (out / "index.md").write_text(page(plan, sides, table, comparisons, figures[0], th))
+    (out / "index.md").write_text(page(plan, sides, table, comparisons, figures[0], th, checks))
     (out / "steps.md").write_text("# Each release against the one before\n\n"
-                                  + "".join(compare.markdown(c, th) for c in comparisons.values()))
+                                  + "".join(compare.markdown(c, th) for c in comparisons.values())
+                                  + ("# Calibration\n\n" + "".join(compare.markdown(c, th) for c in checks)
+                                     if checks else ""))
     return [out / "index.md", out / "steps.md", *figures]

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESERVED = ("--out", "--seed", "--resume")
 STOP_GRACE_S = 180.0  # a signalled run closes its engine within this, or its group is killed
 EXIT_INT, EXIT_TERM, EXIT_USAGE = 130, 143, 2
+EXIT_TIME = 75  # --stop-after: the next run would not have finished in time (EX_TEMPFAIL: --resume continues)
 
 
 @dataclass(frozen=True)
@@ -220,10 +221,19 @@ class Interleave:
             finally:
                 self.child = None
 
-    def run(self) -> int:
+    def _slowest_s(self) -> float:
+        """The longest finished run so far: what the next run is expected to take at most."""
+        return max((v.get("wall_s", 0.0) for v in self.plan["runs"].values() if v.get("status") == "done"),
+                   default=0.0)
+
+    def run(self, stop_after_s: float | None = None) -> int:
         """Every run of the plan not yet done; exit status 0, 1 (a run failed), 2 (the run
-        options were refused), 130 or 143 (interrupted: --resume continues)."""
+        options were refused), 130 or 143 (interrupted: --resume continues), 75 (the next run
+        would end later than ``stop_after_s`` from now, at the slowest finished run's pace:
+        on a machine lent for a fixed time, a run cut short is a wasted engine start and a run
+        split over two engines)."""
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        deadline = None if stop_after_s is None else time.monotonic() + stop_after_s
         failed = 0
         try:
             rounds = self.plan["order"]
@@ -234,6 +244,9 @@ class Interleave:
                         continue
                     if self.signal:
                         break
+                    if deadline is not None and time.monotonic() + self._slowest_s() > deadline:
+                        self.say(f"stopping before {key}: it would end after --stop-after; continue with --resume")
+                        return EXIT_TIME
                     v = self._variant(name)
                     self.say(f"round {r}/{len(rounds)}, {pos + 1}/{len(names)}: {name} (vLLM {v.vllm}"
                              + (f", +{v.pause_delay_s * 1e3:g}/{v.resume_delay_s * 1e3:g} ms injected"

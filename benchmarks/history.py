@@ -34,10 +34,11 @@ HISTORY = ROOT / os.environ["BENCH_PAUSE_HISTORY"] if os.environ.get("BENCH_PAUS
 
 
 def _releases() -> list[str]:
+    """The releases of the history, without its calibration variants (named other than their vLLM)."""
     if HISTORY is None or not (HISTORY / compare.PLAN).exists():
         return ["none"]
-    return sorted((v["name"] for v in json.loads((HISTORY / compare.PLAN).read_text())["variants"]),
-                  key=history.release_key)
+    return sorted((v["name"] for v in json.loads((HISTORY / compare.PLAN).read_text())["variants"]
+                   if v["name"] == v.get("vllm")), key=history.release_key)
 
 
 class History:

@@ -65,12 +65,9 @@ def test_each_runs_percentiles_then_their_mean_and_ci_over_runs():
     assert row["max"] == pytest.approx(20e-3) and row["runs"] == 2 and row["pauses"] == 20
 
 
-@pytest.fixture(scope="module")
-def recorded_history(tmp_path_factory) -> Path:
-    """Two real releases from the committed CPU comparison, laid out as a history."""
-    out = tmp_path_factory.mktemp("hist") / "cpu"
+def _recorded(out: Path, keep: tuple[str, ...]) -> Path:
+    """Variants of the committed CPU comparison (real engine runs) laid out as a history."""
     plan = json.loads((CPU_CMP / compare.PLAN).read_text())
-    keep = ("0.31.0", "0.32.0")
     for name in keep:
         shutil.copytree(CPU_CMP / name, out / name)
     plan["variants"] = [v for v in plan["variants"] if v["name"] in keep]
@@ -78,6 +75,12 @@ def recorded_history(tmp_path_factory) -> Path:
     plan["left_out"] = [{"release": "0.27.0", "reason": "no pause API: (a hand-written reason)"}]
     (out / compare.PLAN).write_text(json.dumps(plan))
     return out
+
+
+@pytest.fixture(scope="module")
+def recorded_history(tmp_path_factory) -> Path:
+    """Two real releases from the committed CPU comparison."""
+    return _recorded(tmp_path_factory.mktemp("hist") / "cpu", ("0.31.0", "0.32.0"))
 
 
 def test_the_page_is_published_from_recorded_runs(recorded_history, tmp_path):
@@ -90,6 +93,34 @@ def test_the_page_is_published_from_recorded_runs(recorded_history, tmp_path):
     assert "no regression: 3 run(s) of 0.32.0" in page and "**regression" not in page
     assert (tmp_path / "page" / "history.png").stat().st_size > 10_000
     assert "0.32.0 (vLLM 0.32.0) vs 0.31.0 (vLLM 0.31.0)" in (tmp_path / "page" / "steps.md").read_text()
+
+
+def test_calibration_variants_are_the_newest_release_again_and_slowed():
+    newest = history.Variant("0.26.0", "/root/vllm-0.26.0/env.sh", vllm="0.26.0")
+    again, slow = history.calibration(newest, [5])
+    assert (again.name, again.env, again.vllm, again.pause_delay_s) == ("0.26.0-again", newest.env, "0.26.0", 0.0)
+    assert (slow.name, slow.pause_delay_s, slow.resume_delay_s, slow.vllm) == ("0.26.0+5ms", 0.005, 0.005, "0.26.0")
+    for bad in ([0], [-2], [float("nan")]):
+        with pytest.raises(ScenarioError, match="--calibrate"):
+            history.calibration(newest, bad)
+
+
+def test_the_page_calibrates_its_steps_with_recorded_runs(tmp_path):
+    # The committed CPU runs: 0.32.0 against itself (A/A) and with 10 ms injected, beside the
+    # releases. The A/A must pass in both orders and +10 ms must be called, as
+    # test_compare_verdict asserts on the same runs; neither may appear as a release.
+    out = _recorded(tmp_path / "hist", ("0.31.0", "0.32.0", "0.32.0-again", "0.32.0+10ms"))
+    r = bench_pause("history", "--out", out, "--publish", tmp_path / "page", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    page = (tmp_path / "page" / "index.md").read_text()
+    assert "| keep | 0.32.0-again |" not in page and "| keep | 0.32.0+10ms |" not in page
+    assert "- no regression: 3 run(s) of 0.32.0 (vLLM 0.32.0) against 3 of 0.31.0" in page
+    assert "| 0.32.0-again vs 0.32.0 | 3, 3 | no regression |" in page
+    assert "| 0.32.0 vs 0.32.0-again | 3, 3 | no regression |" in page
+    row = next(line for line in page.splitlines() if line.startswith("| 0.32.0+10ms vs 0.32.0 |"))
+    assert "**REGRESSED**" in row and "offline keep pause call regression +9." in row
+    assert "- offline, dp 1, keep: pause call " in page
+    assert "## 0.32.0+10ms (vLLM 0.32.0, +10 ms before pause" in (tmp_path / "page" / "steps.md").read_text()
 
 
 def test_the_probe_reads_this_environments_vllm_and_pause_api():

@@ -90,6 +90,17 @@ RUN = ["--backend", "offline", "--mode", "keep", "--pause-point", "tokens:5", "-
 
 
 @pytest.mark.engine
+def test_stop_after_starts_no_run_that_would_outlast_it(tmp_path):
+    # A lent machine goes back at a fixed time: a run cut short there is an engine start wasted
+    # and a run split over two engines. With a finished run of 100 s on record, 10 s left
+    # starts nothing (no engine: the plan records no new run) and exits 75 for --resume.
+    variants = [interleave.Variant("a", "same", vllm="x"), interleave.Variant("b", "same", vllm="x")]
+    job = interleave.Interleave.create(tmp_path / "cmp", variants, 1, 0, RUN, resume=False, say=lambda *_: None)
+    job.plan["runs"]["a/r01"] = {"round": 1, "position": 0, "status": "done", "exit": 0, "wall_s": 100.0}
+    assert job.run(stop_after_s=10.0) == interleave.EXIT_TIME
+    assert list(job.plan["runs"]) == ["a/r01"] and not (tmp_path / "cmp" / "b").exists()
+
+
 def test_interrupted_comparison_resumes_and_compare_reads_it(tmp_path):
     out = tmp_path / "cmp"
     args = ["interleave", "--env", "a=same", "--env", "slow=same", "--inject", "slow=30", "--rounds", "1",

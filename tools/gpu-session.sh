@@ -20,7 +20,9 @@
 #                                             #   0.26.0 and A/A over HTTP; resumable, call it again
 #   bash tools/gpu-session.sh history [MODEL] # one GPU: every release whose bundle is installed
 #                                             #   (~/vllm-X/env.sh), interleaved, --profile compare on
-#                                             #   $BACKENDS (default offline); resumable, call it again
+#                                             #   $BACKENDS (default offline), calibrated by the newest
+#                                             #   release again and with $CALIBRATE ms (default 5 10)
+#                                             #   injected; resumable, call it again
 #   bash tools/gpu-session.sh weight_sync [MODEL]  # one GPU: the weight_sync cycle (every mode, cache
 #                                             #   both ways) on $BACKENDS (both by default), pushed by
 #                                             #   --transfer $TRANSFER (ipc by default; qwen3-8b by default);
@@ -107,17 +109,24 @@ case ${1:-info} in
     ;;
   history)
     model=${2:-qwen3-8b}
+    backends=${BACKENDS:-offline}
     releases=()
     for env in "${VLLM_BUNDLE_HOME:-$HOME}"/vllm-*/env.sh; do
       r=${env%/env.sh}; releases+=(--release "${r##*/vllm-}")
     done
-    out="results/$MACHINE-history-${BACKENDS:-offline}-$model"
+    out="results/$MACHINE-history-${backends// /-}-$model"
+    # The history goes on from the host's own copy when this machine made the last call (the
+    # tree that travels may lack the newest runs: they come back only in the tarball).
+    keep="$HOME/bench-pause-keep/$out"
+    if [ -f "$keep/interleave.json" ]; then mkdir -p "$out" && cp -a "$keep/." "$out/"; fi
     resume=(); [ -f "$out/interleave.json" ] && resume=(--resume)
+    # shellcheck disable=SC2086
     timeout -k 40 "$LIMIT_S" python3 -m bench_pause history "${releases[@]}" --rounds "${ROUNDS:-3}" "${resume[@]}" \
-      --out "$out" --publish "docs/history/$MACHINE" -- --profile compare --backend ${BACKENDS:-offline} \
-      --model "$model" --startup-timeout 300 2>&1 | tail -60
+      --calibrate ${CALIBRATE-5 10} --stop-after $((LIMIT_S - 30)) --out "$out" -- --profile compare \
+      --backend $backends --model "$model" --startup-timeout 300 2>&1 | grep -v "^INFO\|^WARNING" | tail -40
     echo "history exit ${PIPESTATUS[0]}"
-    pack history "$out" "docs/history/$MACHINE"
+    mkdir -p "$keep" && cp -a "$out/." "$keep/"
+    pack history "$out"
     ;;
   weight_sync)
     model=${2:-qwen3-8b}
