@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from bench_pause.profiles import PROFILES
@@ -409,34 +410,44 @@ def _rounds_and_run_options(args: argparse.Namespace) -> tuple[list[str], Grid]:
     return run_args, check_run_options(run_args)
 
 
+def _left(stop_after_s: float | None, started: float) -> float | None:
+    """--stop-after counts from the command's start: finding environments takes time too."""
+    return None if stop_after_s is None else stop_after_s - (time.monotonic() - started)
+
+
 def cmd_interleave(args: argparse.Namespace) -> int:
     from bench_pause import interleave
+    started = time.monotonic()
     run_args, _ = _rounds_and_run_options(args)
     variants = interleave.read_versions(interleave.parse_variants(args.envs, args.inject))
     job = interleave.Interleave.create(args.out, variants, args.rounds, args.seed, run_args, args.resume)
-    code = job.run(args.stop_after)
+    code = job.run(_left(args.stop_after, started))
     print(f"comparison in {args.out}: bench-pause compare {args.out}")
     return code
 
 
 def cmd_history(args: argparse.Namespace) -> int:
     from bench_pause import compare, history, interleave
-    code = 0
+    started, code = time.monotonic(), 0
     if args.releases:
         releases = history.check_releases(args.releases)
         history.check_delays(args.calibrate or [])
         run_args, grid = _rounds_and_run_options(args)
         interleave.check_out(args.out, args.resume)
-        variants, left_out = history.environments(releases, grid.modes)
-        if len(variants) < 2:
-            raise ScenarioError("fewer than two releases can run: "
-                                + "; ".join(f"{x['release']}: {x['reason']}" for x in left_out))
-        if args.calibrate is not None:
-            variants += history.calibration(variants[-1], args.calibrate)
+        resumed = history.planned(args.out, releases) if args.resume and compare.is_comparison(args.out) else None
+        if resumed:
+            variants, left_out = resumed
+        else:
+            variants, left_out = history.environments(releases, grid.modes)
+            if len(variants) < 2:
+                raise ScenarioError("fewer than two releases can run: "
+                                    + "; ".join(f"{x['release']}: {x['reason']}" for x in left_out))
+            if args.calibrate is not None:
+                variants += history.calibration(variants[-1], args.calibrate)
         job = interleave.Interleave.create(args.out, variants, args.rounds, args.seed, run_args, args.resume)
         job.plan["left_out"] = left_out
         job.save()
-        code = job.run(args.stop_after)
+        code = job.run(_left(args.stop_after, started))
         if code in (interleave.EXIT_INT, interleave.EXIT_TERM, interleave.EXIT_TIME, EXIT_USAGE):
             return code
     elif not compare.is_comparison(args.out):

