@@ -34,11 +34,17 @@ HISTORY = ROOT / os.environ["BENCH_PAUSE_HISTORY"] if os.environ.get("BENCH_PAUS
 
 
 def _releases() -> list[str]:
-    """The releases of the history, without its calibration variants (named other than their vLLM)."""
-    if HISTORY is None or not (HISTORY / compare.PLAN).exists():
-        return ["none"]
-    return sorted((v["name"] for v in json.loads((HISTORY / compare.PLAN).read_text())["variants"]
-                   if v["name"] == v.get("vllm")), key=history.release_key)
+    """Every release of the committed histories (results/*history*) and of BENCH_PAUSE_HISTORY,
+    without calibration variants (named other than their vLLM). The same list whichever
+    history a run reads: asv drops, when it publishes, every stored result whose parameters
+    differ from the benchmark's, so a list that followed BENCH_PAUSE_HISTORY would make the
+    GPU history's run erase the CPU history's graphs and the other way round."""
+    plans = sorted(ROOT.glob("results/*history*/" + compare.PLAN))
+    if HISTORY is not None and (HISTORY / compare.PLAN).exists():
+        plans.append(HISTORY / compare.PLAN)
+    names = {v["name"] for plan in plans for v in json.loads(plan.read_text())["variants"]
+             if v["name"] == v.get("vllm")}
+    return sorted(names, key=history.release_key) or ["none"]
 
 
 class History:

