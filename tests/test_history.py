@@ -196,3 +196,17 @@ def test_asv_history_has_one_release_list_and_a_sample_per_engine_run(monkeypatc
     assert len(bench.track_pause_api_p50_s()["samples"]) == len(done) >= 2
     with pytest.raises(NotImplementedError):
         bench.setup(levels, "0.32.0", "offline", "keep")  # a CPU release: not in this history
+
+
+def test_recorded_gpu_history_calibration_holds():
+    # The committed H100 history (2 rounds): 0.26.0 against itself passes in both orders and
+    # 10 ms injected before every pause and resume call is called a regression.
+    gpu = Path(__file__).parent.parent / "results" / "gpu-h100-history-offline-qwen3-8b"
+    plan = json.loads((gpu / compare.PLAN).read_text())
+    releases, others = history.split(plan, compare.comparison_sides(gpu))
+    assert [s.name for s in releases] == ["0.22.1", "0.23.0", "0.24.0", "0.25.1", "0.26.0"]
+    checks = {(c.base.name, c.new.name): c for c in history.calibrate(plan, releases, others, compare.Thresholds())}
+    assert not checks[("0.26.0", "0.26.0-again")].regressed and not checks[("0.26.0-again", "0.26.0")].regressed
+    slow = checks[("0.26.0", "0.26.0+10ms")]
+    assert slow.regressed and not len(slow.breaks)
+    assert all(9e-3 < d < 11e-3 for d in slow.regressions.query("metric == 'resume_api_s'")["delta"])
