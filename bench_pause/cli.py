@@ -407,6 +407,8 @@ def _rounds_and_run_options(args: argparse.Namespace) -> tuple[list[str], Grid]:
     run_args = args.run_args[1:] if args.run_args[:1] == ["--"] else args.run_args
     if args.rounds < 1:
         raise ScenarioError("--rounds must be at least 1")
+    if args.stop_after is not None and not args.stop_after > 0:
+        raise ScenarioError("--stop-after must be a positive number of seconds")
     return run_args, check_run_options(run_args)
 
 

@@ -99,6 +99,9 @@ def test_stop_after_starts_no_run_that_would_outlast_it(tmp_path):
     job.plan["runs"]["a/r01"] = {"round": 1, "position": 0, "status": "done", "exit": 0, "wall_s": 100.0}
     assert job.run(stop_after_s=10.0) == interleave.EXIT_TIME
     assert list(job.plan["runs"]) == ["a/r01"] and not (tmp_path / "cmp" / "b").exists()
+    r = bench_pause("interleave", "--env", "a=same", "--env", "b=same", "--stop-after", "0", "--out",
+                    tmp_path / "x", "--", *RUN, timeout=120)
+    one_line_error(r, "--stop-after must be a positive number")
 
 
 def test_interrupted_comparison_resumes_and_compare_reads_it(tmp_path):
