@@ -178,8 +178,7 @@ def planned(out: Path, releases: list[str]) -> tuple[list[Variant], list[dict]] 
     every call of a machine lent call by call. None when the plan holds other releases."""
     plan = json.loads((Path(out) / compare.PLAN).read_text())
     variants = [Variant(**v) for v in plan["variants"]]
-    if {v.name for v in variants if v.name == v.vllm} | {x["release"] for x in plan.get("left_out", [])} \
-            != set(releases):
+    if release_names(plan) | {x["release"] for x in plan.get("left_out", [])} != set(releases):
         return None
     for v, now in zip(variants, read_versions(variants)):
         if now.vllm != v.vllm:
@@ -203,12 +202,17 @@ def calibration(newest: Variant, delays_ms: list[float]) -> list[Variant]:
             *(Variant(f"{newest.name}+{ms:g}ms", newest.env, ms / 1e3, ms / 1e3, newest.vllm) for ms in delays_ms)]
 
 
+def release_names(plan: dict) -> set[str]:
+    """The plan's release variants: those named by the vLLM version their environment holds
+    (a calibration variant's name is not a version)."""
+    return {v["name"] for v in plan["variants"] if v["name"] == v.get("vllm")}
+
+
 def split(plan: dict, sides: list[compare.Side]) -> tuple[list[compare.Side], dict[str, compare.Side]]:
-    """The release sides in version order, and each calibration side by name (with the
-    release it calibrates under ``plan``'s variants)."""
-    vllm = {v["name"]: v.get("vllm", "") for v in plan["variants"]}
-    releases = sorted((s for s in sides if vllm.get(s.name) == s.name), key=lambda s: release_key(s.name))
-    return releases, {s.name: s for s in sides if vllm.get(s.name) != s.name}
+    """The release sides in version order, and each calibration side by name."""
+    names = release_names(plan)
+    releases = sorted((s for s in sides if s.name in names), key=lambda s: release_key(s.name))
+    return releases, {s.name: s for s in sides if s.name not in names}
 
 
 def calibrate(plan: dict, releases: list[compare.Side], others: dict[str, compare.Side],

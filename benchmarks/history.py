@@ -42,8 +42,7 @@ def _releases() -> list[str]:
     plans = sorted(ROOT.glob("results/*history*/" + compare.PLAN))
     if HISTORY is not None and (HISTORY / compare.PLAN).exists():
         plans.append(HISTORY / compare.PLAN)
-    names = {v["name"] for plan in plans for v in json.loads(plan.read_text())["variants"]
-             if v["name"] == v.get("vllm")}
+    names = set().union(*(history.release_names(json.loads(plan.read_text())) for plan in plans))
     return sorted(names, key=history.release_key) or ["none"]
 
 
