@@ -39,6 +39,8 @@ READY = ".bench-pause-ready"
 INSTALL_TIMEOUT_S = 1800.0
 PROBE_TIMEOUT_S = 300.0
 METRICS = ["pause_api_s", "quiesce_s", "gap_excess_s", "resume_api_s", "resume_ttft_s"]
+MOVED = ("regression", "improvement", "changed, below threshold")  # the verdicts of a test that moved
+AGAIN = "-again"  # the A/A calibration variant: the newest release's name with this suffix
 NAMES = {"pause_api_s": "pause call", "quiesce_s": "quiesce", "gap_excess_s": "gap beyond hold",
          "resume_api_s": "resume call", "resume_ttft_s": "resume to 1st token"}
 
@@ -198,7 +200,7 @@ def calibration(newest: Variant, delays_ms: list[float]) -> list[Variant]:
     versions, which is how the page tells them from releases (a release variant is named
     by the vLLM version its environment holds)."""
     check_delays(delays_ms)
-    return [Variant(f"{newest.name}-again", newest.env, vllm=newest.vllm),
+    return [Variant(newest.name + AGAIN, newest.env, vllm=newest.vllm),
             *(Variant(f"{newest.name}+{ms:g}ms", newest.env, ms / 1e3, ms / 1e3, newest.vllm) for ms in delays_ms)]
 
 
@@ -227,7 +229,7 @@ def calibrate(plan: dict, releases: list[compare.Side], others: dict[str, compar
         if base is None:
             continue
         out.append(compare.compare(base, side, th))
-        if name.endswith("-again"):
+        if name.endswith(AGAIN):
             out.append(compare.compare(side, base, th))
     return out
 
@@ -238,7 +240,7 @@ def _found(c: compare.Comparison) -> str:
     t = c.tests
     if not len(t):
         return "none"
-    moved = t[t["verdict"].isin(["regression", "improvement", "changed, below threshold"])]
+    moved = t[t["verdict"].isin(MOVED)]
     said = []
     for _, r in moved.sort_values("level", key=lambda x: x != "group").iterrows():
         where = f"{r['backend']} {r['mode']}" + ("" if r["level"] == "group" else
@@ -273,7 +275,7 @@ def calibration_section(checks: list[compare.Comparison]) -> list[str]:
     for c in checks:
         head = "**REGRESSED**" if c.regressed else "no regression"
         lines.append(f"| {c.new.name} vs {c.base.name} | {c.base.n}, {c.new.n} | {head} | {_found(c)} |")
-    aa = next((c for c in checks if c.new.name.endswith("-again")), None)
+    aa = next((c for c in checks if c.new.name.endswith(AGAIN)), None)
     if aa is not None:
         lines += ["", f"Smallest slowdown the A/A runs ({aa.base.n} and {aa.new.n}) can detect with 80 % power at "
                   "the corrected level, per group:", "", *_detectable(aa)]
@@ -330,7 +332,7 @@ def _flags(c: compare.Comparison, backend: str, dp: int, mode: str) -> str:
         return "no common cells"
     g = t[(t["level"] == "group") & (t["backend"] == backend) & (t["dp_size"] == dp) & (t["mode"] == mode)]
     said = [f"{NAMES.get(r['metric'], r['metric'])} {r['verdict']} ({r['delta'] * 1e3:+.2f} ms)"
-            for _, r in g.iterrows() if r["verdict"] in ("regression", "improvement", "changed, below threshold")]
+            for _, r in g.iterrows() if r["verdict"] in MOVED]
     # What a step could not see is part of its verdict: the slowdown it would have found.
     under = [f"{NAMES[r['metric']]} {r['detectable'] * 1e3:.1f} ms" for _, r in g.iterrows()
              if r["verdict"] == "underpowered" and r["metric"] in NAMES]
