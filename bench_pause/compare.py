@@ -152,7 +152,7 @@ def _verdicts(rows: list[dict], th: Thresholds) -> None:
         r["p_holm"] = p_adj
         r["detectable"] = w.detectable(alpha / m)
         for ms in PLANNED_MS:
-            r[f"runs_for_{ms}ms"] = stats.runs_needed(w.sd, ms / 1e3, alpha / m)
+            r[f"runs_for_{ms}ms"] = stats.runs_needed(w.var_base, w.var_new, ms / 1e3, alpha / m)
         rejected = not math.isnan(p_adj) and p_adj < alpha
         if rejected and r["delta"] > r["threshold"]:
             r["verdict"] = "regression"

@@ -43,6 +43,8 @@ MOVED = ("regression", "improvement", "changed, below threshold")  # the verdict
 AGAIN = "-again"  # the A/A calibration variant: the newest release's name with this suffix
 NAMES = {"pause_api_s": "pause call", "quiesce_s": "quiesce", "gap_excess_s": "gap beyond hold",
          "resume_api_s": "resume call", "resume_ttft_s": "resume to 1st token"}
+# compare also tests the resume to the *last* request's token; it has no column but can move.
+LABELS = {**NAMES, "resume_all_s": "resume to every request's token"}
 
 # Run in each environment: its vLLM version and pause API, without starting an engine.
 # Marked lines, because importing vLLM prints log lines of its own on stdout.
@@ -245,7 +247,7 @@ def _found(c: compare.Comparison) -> str:
     for _, r in moved.sort_values("level", key=lambda x: x != "group").iterrows():
         where = f"{r['backend']} {r['mode']}" + ("" if r["level"] == "group" else
                                                  f" (cell {r['pause_point']}, clear_cache {r['clear_cache']})")
-        said.append(f"{where} {NAMES.get(r['metric'], r['metric'])} {r['verdict']} {r['delta'] * 1e3:+.2f} ms "
+        said.append(f"{where} {LABELS.get(r['metric'], r['metric'])} {r['verdict']} {r['delta'] * 1e3:+.2f} ms "
                     f"[{r['ci_low'] * 1e3:.2f}, {r['ci_high'] * 1e3:.2f}]")
     return "; ".join(said) or "none"
 
@@ -331,12 +333,15 @@ def _flags(c: compare.Comparison, backend: str, dp: int, mode: str) -> str:
     if not len(t):
         return "no common cells"
     g = t[(t["level"] == "group") & (t["backend"] == backend) & (t["dp_size"] == dp) & (t["mode"] == mode)]
-    said = [f"{NAMES.get(r['metric'], r['metric'])} {r['verdict']} ({r['delta'] * 1e3:+.2f} ms)"
+    said = [f"{LABELS.get(r['metric'], r['metric'])} {r['verdict']} ({r['delta'] * 1e3:+.2f} ms)"
             for _, r in g.iterrows() if r["verdict"] in MOVED]
     # What a step could not see is part of its verdict: the slowdown it would have found.
-    under = [f"{NAMES[r['metric']]} {r['detectable'] * 1e3:.1f} ms" for _, r in g.iterrows()
-             if r["verdict"] == "underpowered" and r["metric"] in NAMES]
-    said += [f"underpowered, detectable: {', '.join(under)}"] if under else []
+    # With one run on a side nothing is detectable: say so rather than "inf ms".
+    under = g[(g["verdict"] == "underpowered") & g["metric"].isin(list(NAMES))]
+    seen = [f"{NAMES[r['metric']]} {r['detectable'] * 1e3:.1f} ms" for _, r in under.iterrows()
+            if math.isfinite(r["detectable"])]
+    said += ([f"underpowered, detectable: {', '.join(seen)}"] if seen else
+             ["underpowered: too few runs to detect anything"] if len(under) else [])
     k = c.contract
     for _, r in (k[(k["backend"] == backend) & (k["mode"] == mode)] if len(k) else k).iterrows():
         if r["status"] != "fails on both":

@@ -32,7 +32,9 @@ class Welch:
     new_mean: float
     se: float
     df: float
-    sd: float = math.nan  # pooled run-to-run standard deviation: what planning more runs needs
+    # Run-to-run variance of each side: what planning more runs needs.
+    var_base: float = math.nan
+    var_new: float = math.nan
 
     @property
     def delta(self) -> float:
@@ -75,10 +77,10 @@ def welch(base: np.ndarray, new: np.ndarray) -> Welch:
         df = (vb + vn) ** 2 / (vb ** 2 / (len(base) - 1) + vn ** 2 / (len(new) - 1))
     else:
         df = float(len(base) + len(new) - 2)
-    sd = math.sqrt(((len(base) - 1) * base.var(ddof=1) + (len(new) - 1) * new.var(ddof=1))
-                   / (len(base) + len(new) - 2)) if len(base) >= 2 and len(new) >= 2 else math.nan
     return Welch(len(base), len(new), float(base.mean()) if len(base) else math.nan,
-                 float(new.mean()) if len(new) else math.nan, se, df, sd)
+                 float(new.mean()) if len(new) else math.nan, se, df,
+                 float(base.var(ddof=1)) if len(base) >= 2 else math.nan,
+                 float(new.var(ddof=1)) if len(new) >= 2 else math.nan)
 
 
 def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -90,15 +92,20 @@ def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     return float(v.mean()), float(sps.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
 
 
-def runs_needed(sd: float, effect: float, alpha: float, power: float = POWER, most: int = 100) -> float:
-    """Runs per side for a two-sample t-test at two-sided level ``alpha`` to find a true
-    difference ``effect`` with probability ``power``, given the run-to-run standard deviation
-    ``sd``: how many engine runs a comparison must buy. ``inf`` beyond ``most``."""
-    if not sd >= 0 or math.isnan(sd):
+def runs_needed(var_base: float, var_new: float, effect: float, alpha: float, power: float = POWER,
+                most: int = 100) -> float:
+    """Runs per side for Welch's test at two-sided level ``alpha`` to find a true difference
+    ``effect`` with probability ``power``, given each side's run-to-run variance: how many
+    engine runs a comparison must buy. The same formula as ``Welch.detectable`` at n runs a
+    side, Welch's degrees of freedom included: a pooled-variance plan promises too much when
+    one side spreads more (its degrees of freedom, and so its power, are those of the noisier
+    side). ``inf`` beyond ``most``."""
+    if math.isnan(var_base) or math.isnan(var_new):
         return math.nan
+    total = var_base + var_new
     for n in range(2, most + 1):
-        df = 2 * n - 2
-        if (sps.t.ppf(1 - alpha / 2, df) + sps.t.ppf(power, df)) * sd * math.sqrt(2 / n) <= effect:
+        df = total ** 2 * (n - 1) / (var_base ** 2 + var_new ** 2) if total > 0 else 2 * n - 2
+        if (sps.t.ppf(1 - alpha / 2, df) + sps.t.ppf(power, df)) * math.sqrt(total / n) <= effect:
             return float(n)
     return math.inf
 

@@ -1,7 +1,8 @@
 """asv over a vLLM release history: the release is a benchmark parameter.
 
 ``bench-pause history`` measures each release from its own environment in interleaved
-rounds; these benchmarks read that directory (BENCH_PAUSE_HISTORY) and give asv each
+rounds; these benchmarks read that directory (BENCH_PAUSE_HISTORY, or several joined by
+os.pathsep) and give asv each
 release's values, one sample per engine run (the run's p50 or p90 over its pauses), so
 asv's median and confidence interval are over engine runs, the unit of replication. In
 asv's graph, choose "x-axis: release": the releases side by side at one bench-pause commit.
@@ -30,7 +31,9 @@ except ImportError:  # not installed (a GPU box running from the checkout): use 
     from bench_pause import compare, history
 
 # asv runs benchmarks from a directory of its own: a relative path counts from the checkout.
-HISTORY = ROOT / os.environ["BENCH_PAUSE_HISTORY"] if os.environ.get("BENCH_PAUSE_HISTORY") else None
+# Several histories of one machine (one per backend, say) are joined by os.pathsep: asv
+# keeps one result per benchmark, machine and commit, so they must go in together.
+HISTORIES = [ROOT / p for p in os.environ.get("BENCH_PAUSE_HISTORY", "").split(os.pathsep) if p]
 
 
 def _releases() -> list[str]:
@@ -40,8 +43,7 @@ def _releases() -> list[str]:
     differ from the benchmark's, so a list that followed BENCH_PAUSE_HISTORY would make the
     GPU history's run erase the CPU history's graphs and the other way round."""
     plans = sorted(ROOT.glob("results/*history*/" + compare.PLAN))
-    if HISTORY is not None and (HISTORY / compare.PLAN).exists():
-        plans.append(HISTORY / compare.PLAN)
+    plans += [h / compare.PLAN for h in HISTORIES if (h / compare.PLAN).exists()]
     names = set().union(*(history.release_names(json.loads(plan.read_text())) for plan in plans))
     return sorted(names, key=history.release_key) or ["none"]
 
@@ -54,10 +56,8 @@ class History:
     timeout = 600
 
     def setup_cache(self) -> pd.DataFrame:
-        if HISTORY is None or not (HISTORY / compare.PLAN).exists():
-            return pd.DataFrame()
-        return pd.concat([history.run_levels(s) for s in compare.comparison_sides(HISTORY)],
-                         ignore_index=True)
+        sides = [s for h in HISTORIES if (h / compare.PLAN).exists() for s in compare.comparison_sides(h)]
+        return pd.concat([history.run_levels(s) for s in sides], ignore_index=True) if sides else pd.DataFrame()
 
     def setup(self, levels: pd.DataFrame, release: str, backend: str, mode: str) -> None:
         rows = levels[(levels["release"] == release) & (levels["backend"] == backend) & (levels["mode"] == mode)] \

@@ -83,6 +83,22 @@ def test_welch_matches_scipy_and_its_textbook_values():
     assert math.isnan(one.p_value()) and one.detectable(0.01) == math.inf and one.ci() == (-math.inf, math.inf)
 
 
+def test_runs_needed_plans_the_test_that_will_run():
+    # Equal spreads: Welch's df is the pooled 2n - 2, and the textbook sum decides. With variance
+    # 1 a side, alpha 0.05, power 0.8 and an effect of 1: (t(.975, 2n-2) + t(.8, 2n-2)) * sqrt(2/n)
+    # is 1.0239 at n = 16 and 0.9912 at n = 17 (the normal approximation's 15.7, plus t's due).
+    assert stats.runs_needed(1.0, 1.0, 1.0, 0.05) == 17.0
+    assert stats.runs_needed(1.0, 1.0, 1.024, 0.05) == 16.0
+    # The same total variance on one side only leaves Welch half the degrees of freedom: more runs.
+    assert stats.runs_needed(2.0, 0.0, 1.0, 0.05) > stats.runs_needed(1.0, 1.0, 1.0, 0.05)
+    # A plan of n runs a side is what detectable() then reports at n runs with the same spreads.
+    base, new = np.array([0.0, 1.0, 2.0, 3.0]), np.array([0.0, 3.0, 6.0, 9.0])
+    w = stats.welch(base, new)
+    n = stats.runs_needed(w.var_base, w.var_new, w.detectable(0.01), 0.01)
+    assert n == 4.0
+    assert stats.runs_needed(1.0, 1.0, 1e-6, 0.05) == math.inf and math.isnan(stats.runs_needed(math.nan, 1.0, 1.0, 0.05))
+
+
 def test_holm_adjusts_step_down_and_skips_untestable():
     adjusted = stats.holm([0.01, 0.04, 0.03, math.nan])
     assert adjusted[:3] == [pytest.approx(0.03), pytest.approx(0.06), pytest.approx(0.06)]

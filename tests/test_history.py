@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -182,7 +183,8 @@ def test_asv_history_has_one_release_list_and_a_sample_per_engine_run(monkeypatc
     # must not change with the history a run reads (CPU and GPU histories share the site).
     import importlib.util
     gpu = Path(__file__).parent.parent / "results" / "gpu-h100-history-offline-qwen3-8b"
-    monkeypatch.setenv("BENCH_PAUSE_HISTORY", str(gpu))
+    http = gpu.with_name("gpu-h100-history-http-qwen3-8b")  # both backends of one machine go in together
+    monkeypatch.setenv("BENCH_PAUSE_HISTORY", os.pathsep.join([str(gpu), str(http)]))
     spec = importlib.util.spec_from_file_location("asv_history", Path(__file__).parent.parent / "benchmarks" / "history.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -194,13 +196,29 @@ def test_asv_history_has_one_release_list_and_a_sample_per_engine_run(monkeypatc
     runs = json.loads((gpu / compare.PLAN).read_text())["runs"]
     done = [k for k, v in runs.items() if k.startswith("0.26.0/") and v["status"] == "done"]
     assert len(bench.track_pause_api_p50_s()["samples"]) == len(done) >= 2
+    bench.setup(levels, "0.26.0", "http", "keep")
+    http_done = [k for k, v in json.loads((http / compare.PLAN).read_text())["runs"].items()
+                 if k.startswith("0.26.0/") and v["status"] == "done"]
+    assert len(bench.track_pause_api_p50_s()["samples"]) == len(http_done) >= 1
     with pytest.raises(NotImplementedError):
         bench.setup(levels, "0.32.0", "offline", "keep")  # a CPU release: not in this history
+    with pytest.raises(NotImplementedError):
+        bench.setup(levels, "0.22.1", "http", "keep")  # measured offline only
+
+
+def test_a_step_with_one_run_on_a_side_says_too_few_runs():
+    # The committed HTTP history on the H100 stopped after round 1 (one run of 0.25.1): its step
+    # cannot detect anything, and the page says so in words, not as "inf ms".
+    http = Path(__file__).parent.parent / "results" / "gpu-h100-history-http-qwen3-8b"
+    releases, _ = history.split(json.loads((http / compare.PLAN).read_text()), compare.comparison_sides(http))
+    assert [s.n for s in releases] == [1, 2]
+    said = history._flags(compare.compare(*releases, compare.Thresholds()), "http", 1, "keep")
+    assert said == "underpowered: too few runs to detect anything"
 
 
 def test_recorded_gpu_history_calibration_holds():
-    # The committed H100 history (2 rounds): 0.26.0 against itself passes in both orders and
-    # 10 ms injected before every pause and resume call is called a regression.
+    # The committed H100 history (3 rounds): 0.26.0 against itself passes in both orders, and
+    # 5 and 10 ms injected before every pause and resume call are called, in the pooled groups.
     gpu = Path(__file__).parent.parent / "results" / "gpu-h100-history-offline-qwen3-8b"
     plan = json.loads((gpu / compare.PLAN).read_text())
     releases, others = history.split(plan, compare.comparison_sides(gpu))
@@ -210,3 +228,5 @@ def test_recorded_gpu_history_calibration_holds():
     slow = checks[("0.26.0", "0.26.0+10ms")]
     assert slow.regressed and not len(slow.breaks)
     assert all(9e-3 < d < 11e-3 for d in slow.regressions.query("metric == 'resume_api_s'")["delta"])
+    five = checks[("0.26.0", "0.26.0+5ms")].regressions.query("level == 'group' and metric == 'resume_api_s'")
+    assert set(five["mode"]) == {"keep", "abort", "wait"} and all(4e-3 < d < 6e-3 for d in five["delta"])
