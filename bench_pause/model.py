@@ -15,7 +15,10 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made: the CLI must start without it
+    import torch
 
 # Bump when a preset's files change, so cached copies are rebuilt.
 PRESET_REVISION = 1
@@ -283,8 +286,8 @@ def tensor_specs(preset: Preset) -> list[Spec]:
     return _SPECS[preset.arch](preset)
 
 
-def make_tensor(shape: tuple[int, ...], init: str, dtype: "torch.dtype",
-                rand: Callable[[tuple[int, ...]], "torch.Tensor"]) -> "torch.Tensor":
+def make_tensor(shape: tuple[int, ...], init: str, dtype: torch.dtype,
+                rand: Callable[[tuple[int, ...]], torch.Tensor]) -> torch.Tensor:
     """One spec's tensor: ``rand(shape)`` (the caller's random values) cast to ``dtype``, or ones / zeros."""
     import torch
     if init == "rand":

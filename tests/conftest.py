@@ -2,7 +2,7 @@
 
 Engine start-up costs tens of seconds on the CI host, so one AsyncLLM and one HTTP
 server serve every test of a session. Tests marked ``engine`` are checked afterwards:
-a vLLM process that is not one of the shared engines' fails the test.
+a vLLM process this session started that is not one of the shared engines' fails the test.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from bench_pause import procs, vllm_compat
@@ -26,7 +27,33 @@ def bench_pause(*args: object, timeout: float = 600) -> subprocess.CompletedProc
     """Run the command line as a user does, in a child process."""
     return subprocess.run([sys.executable, "-m", "bench_pause", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout)
+
+
 _shared_pids: set[int] = set()
+# The processes this session started are its descendants and whatever carries this mark in
+# its environment: every program it executes inherits the mark (a command line run as a
+# child, the server, their engines), and an engine they leave behind keeps it after its
+# parent is gone. A process forked from this one shows the environment this one was
+# started with, not the mark, in /proc: it is found as a descendant. The no-orphan check
+# stops only these, so a second test session on the host (a fresh-clone run beside an
+# edit) keeps its engines.
+SESSION_MARK = "BENCH_PAUSE_TEST_SESSION"
+os.environ[SESSION_MARK] = f"{os.getpid()}-{random.getrandbits(32):08x}"
+
+
+def _marked(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).environ().get(SESSION_MARK) == os.environ[SESSION_MARK]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def own_vllm() -> dict[int, str]:
+    """pid -> command line of the vLLM processes this test session started, the shared
+    engines' left out: what a test may kill or must have seen stopped."""
+    mine = procs.descendants()
+    return {pid: cmd for pid, cmd in procs.vllm_processes().items()
+            if pid not in _shared_pids and pid != os.getpid() and (pid in mine or _marked(pid))}
 
 
 @pytest.fixture(scope="session")
@@ -138,8 +165,7 @@ def measure_on(loop):
 
 
 def _strays() -> list[str]:
-    return [f"{pid} {cmd[:120]}" for pid, cmd in procs.vllm_processes().items()
-            if pid not in _shared_pids and pid != os.getpid()]
+    return [f"{pid} {cmd[:120]}" for pid, cmd in own_vllm().items()]
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from bench_pause import procs, results, sweep
 from bench_pause.backends.base import Timeouts
 from bench_pause.scenario import Grid
 
-from .conftest import _shared_pids, bench_pause
+from .conftest import bench_pause, own_vllm
 
 pytestmark = pytest.mark.engine
 
@@ -31,9 +31,7 @@ class KillEngineAfter(sweep.Progress):
         self.done += 1
         if self.done != self.n:
             return
-        for pid, cmd in procs.vllm_processes().items():
-            if pid in _shared_pids:
-                continue
+        for pid, cmd in own_vllm().items():
             if self.backend == "http" and "api_server" in cmd:
                 os.killpg(pid, signal.SIGKILL)
                 self.killed.append(pid)
@@ -165,7 +163,7 @@ def test_interrupt_keeps_results_and_resume_completes(tmp_path, sig, code):
     before = len(results.measured(runs))
     assert 2 <= before < 6
     assert results.read_meta(tmp_path)["vllm_version"]
-    assert not [p for p in procs.vllm_processes() if p not in _shared_pids]
+    assert not own_vllm()
     r = bench_pause(*args, "--resume")
     assert r.returncode == 0, r.stderr[-2000:]
     runs = pd.read_parquet(tmp_path / "runs.parquet")
@@ -220,10 +218,10 @@ def test_two_sweeps_at_once_do_not_collide(tmp_path):
 def test_interrupt_during_server_start_up_leaves_nothing(tmp_path):
     proc = bench_pause_proc("run", "--backend", "http", "--mode", "keep", "--out", str(tmp_path))
     deadline = time.monotonic() + 120
-    while not [c for p, c in procs.vllm_processes().items() if "api_server" in c and p not in _shared_pids]:
+    while not [c for c in own_vllm().values() if "api_server" in c]:
         assert time.monotonic() < deadline and proc.poll() is None, "the server never started"
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
-    assert not [p for p in procs.vllm_processes() if p not in _shared_pids]
+    assert not own_vllm()

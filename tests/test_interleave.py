@@ -16,10 +16,10 @@ import time
 import pandas as pd
 import pytest
 
-from bench_pause import interleave, procs, results, vllm_compat
+from bench_pause import interleave, results, vllm_compat
 from bench_pause.scenario import ScenarioError
 
-from .conftest import _shared_pids, bench_pause
+from .conftest import bench_pause, own_vllm
 from .test_cli import one_line_error
 
 
@@ -120,7 +120,7 @@ def test_interrupted_comparison_resumes_and_compare_reads_it(tmp_path):
     plan = json.loads((out / "interleave.json").read_text())
     # The run got the signal and closed its engine itself (143), not killed mid-sweep (-9).
     assert [(r["status"], r["exit"]) for r in plan["runs"].values() if r["status"] != "done"] == [("interrupted", 143)]
-    assert not [p for p in procs.vllm_processes() if p not in _shared_pids]
+    assert not own_vllm()
 
     r = bench_pause(*args[:-len(RUN) - 1], "--resume", "--", *RUN, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
