@@ -2,9 +2,9 @@
 
 ``bench-pause history`` measures each release from its own environment in interleaved
 rounds; these benchmarks read that directory (BENCH_PAUSE_HISTORY, or several joined by
-os.pathsep) and give asv each
-release's values, one sample per engine run (the run's p50 or p90 over its pauses), so
-asv's median and confidence interval are over engine runs, the unit of replication. In
+os.pathsep) and give asv each release's values, one sample per engine run (the run's p50
+or p90 over its pauses), so asv's median and confidence interval are over engine runs, the
+unit of replication. In
 asv's graph, choose "x-axis: release": the releases side by side at one bench-pause commit.
 
 Why a parameter and not asv's own axes: asv's commit axis is the commits of the project
