@@ -65,7 +65,13 @@ class Welch:
         "underpowered"."""
         if not self.testable:
             return math.inf
-        return float((sps.t.ppf(1 - alpha / 2, self.df) + sps.t.ppf(power, self.df)) * self.se)
+        return _detectable(self.se, self.df, alpha, power)
+
+
+def _detectable(se: float, df: float, alpha: float, power: float) -> float:
+    """The smallest true difference a t-test with standard error ``se`` and ``df`` degrees of
+    freedom finds with probability ``power`` at two-sided level ``alpha``."""
+    return float((sps.t.ppf(1 - alpha / 2, df) + sps.t.ppf(power, df)) * se)
 
 
 def welch(base: np.ndarray, new: np.ndarray) -> Welch:
@@ -96,8 +102,8 @@ def runs_needed(var_base: float, var_new: float, effect: float, alpha: float, po
                 most: int = 100) -> float:
     """Runs per side for Welch's test at two-sided level ``alpha`` to find a true difference
     ``effect`` with probability ``power``, given each side's run-to-run variance: how many
-    engine runs a comparison must buy. The same formula as ``Welch.detectable`` at n runs a
-    side, Welch's degrees of freedom included: a pooled-variance plan promises too much when
+    engine runs a comparison must buy. ``Welch.detectable`` at n runs a side, Welch's degrees
+    of freedom included: a pooled-variance plan promises too much when
     one side spreads more (its degrees of freedom, and so its power, are those of the noisier
     side). ``inf`` beyond ``most``."""
     if math.isnan(var_base) or math.isnan(var_new):
@@ -105,7 +111,7 @@ def runs_needed(var_base: float, var_new: float, effect: float, alpha: float, po
     total = var_base + var_new
     for n in range(2, most + 1):
         df = total ** 2 * (n - 1) / (var_base ** 2 + var_new ** 2) if total > 0 else 2 * n - 2
-        if (sps.t.ppf(1 - alpha / 2, df) + sps.t.ppf(power, df)) * math.sqrt(total / n) <= effect:
+        if _detectable(math.sqrt(total / n), df, alpha, power) <= effect:
             return float(n)
     return math.inf
 
