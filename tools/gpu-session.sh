@@ -23,8 +23,9 @@
 #                                             #   $BACKENDS (default offline), calibrated by the newest
 #                                             #   release again and with $CALIBRATE ms (default 5 10;
 #                                             #   CALIBRATE= for the A/A copy alone) injected; resumable,
-#                                             #   call it again. VLLM_BUNDLE_HOME=DIR of links to some
-#                                             #   ~/vllm-X picks fewer releases
+#                                             #   call it again (a release installed since joins the
+#                                             #   history: one run in every round). VLLM_BUNDLE_HOME=DIR
+#                                             #   of links to some ~/vllm-X picks fewer releases
 #   bash tools/gpu-session.sh weight_sync [MODEL]  # one GPU: the weight_sync cycle (every mode, cache
 #                                             #   both ways) on $BACKENDS (both by default), pushed by
 #                                             #   --transfer $TRANSFER (ipc by default; qwen3-8b by default);
