@@ -182,7 +182,9 @@ def planned(out: Path, releases: list[str]) -> tuple[list[Variant], list[dict], 
     (seconds, without importing vLLM) instead of probing every pause API anew: a probe
     imports vLLM, about 20 s a release on a GPU host, paid on every call of a machine lent
     call by call; the plan's releases left out; and the releases asked for that the plan
-    lacks, which :func:`join` adds. A history never drops a release: naming fewer is refused."""
+    lacks, which :func:`join` adds. Only the variants with runs left are read: a machine lent
+    for a history's last runs needs only their releases installed. A history never drops a
+    release: naming fewer is refused."""
     plan = json.loads((Path(out) / compare.PLAN).read_text())
     variants = [Variant(**v) for v in plan["variants"]]
     known = release_names(plan) | {x["release"] for x in plan.get("left_out", [])}
@@ -190,7 +192,11 @@ def planned(out: Path, releases: list[str]) -> tuple[list[Variant], list[dict], 
     if dropped:
         raise ScenarioError(f"--resume: the history in {out} also holds {', '.join(dropped)}: "
                             "name every release it holds (a history drops none)")
-    for v, now in zip(variants, read_versions(variants)):
+    runs = plan.get("runs", {})
+    left = {name for r, names in enumerate(plan.get("order", []), 1) for name in names
+            if runs.get(f"{name}/{run_name(r)}", {}).get("status") != "done"}
+    to_run = [v for v in variants if v.name in left]
+    for v, now in zip(to_run, read_versions(to_run)):
         if now.vllm != v.vllm:
             raise ScenarioError(f"--resume: {v.name}'s environment {v.env} now holds vLLM {now.vllm}, "
                                 f"the plan measured {v.vllm}")

@@ -132,14 +132,17 @@ def test_a_resumed_history_takes_its_variants_from_the_plan(tmp_path):
     variants = [history.Variant("0.1.0", "same", vllm="0.1.0"), history.Variant(current, "same", vllm=current),
                 *history.calibration(history.Variant(current, "same", vllm=current), [5])]
     left_out = [{"release": "0.0.9", "reason": "no pause API: (by hand)"}]
-    (tmp_path / compare.PLAN).write_text(json.dumps({"variants": [v.__dict__ for v in variants],
-                                                     "left_out": left_out}))
+    plan = {"variants": [v.__dict__ for v in variants], "left_out": left_out, "order": [[v.name for v in variants]]}
+    (tmp_path / compare.PLAN).write_text(json.dumps(plan))
     with pytest.raises(ScenarioError, match="also holds 0.1.0: name every release"):
         history.planned(tmp_path, ["0.0.9", current])
     with pytest.raises(ScenarioError, match="now holds vLLM"):
         history.planned(tmp_path, ["0.0.9", "0.1.0", current])
+    # A release whose runs are all done is not read: its environment need not be there any more.
+    (tmp_path / compare.PLAN).write_text(json.dumps({**plan, "runs": {"0.1.0/r01": {"status": "done"}}}))
+    assert [v.name for v in history.planned(tmp_path, ["0.0.9", "0.1.0", current])[0]][:2] == ["0.1.0", current]
     (tmp_path / compare.PLAN).write_text(json.dumps({"variants": [v.__dict__ for v in variants[1:]],
-                                                     "left_out": left_out}))
+                                                     "left_out": left_out, "order": [[v.name for v in variants[1:]]]}))
     got, out, new = history.planned(tmp_path, ["0.0.9", current])
     assert [v.name for v in got] == [current, f"{current}-again", f"{current}+5ms"] and out == left_out and new == []
     assert history.planned(tmp_path, ["0.0.5", "0.0.9", current])[2] == ["0.0.5"]
