@@ -167,7 +167,7 @@ def _add_history(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="the history directory (an interleaved comparison)")
     p.add_argument("--seed", type=int, default=0, help="round r runs with seed SEED + r, for every release alike")
     p.add_argument("--resume", action="store_true", help="continue the history in --out; more --rounds add rounds, more --release "
-                        "add releases (one run in every round)")
+                        "add releases and --calibrate the calibration it lacks (one run in every round)")
     _add_stop_after(p)
     p.add_argument("--publish", type=Path, metavar="DIR", help="write DIR/index.md, steps.md and history.png")
     p.add_argument("--calibrate", type=float, nargs="*", metavar="MS",
@@ -439,9 +439,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         interleave.check_out(args.out, args.resume)
         if args.resume and compare.is_comparison(args.out):
             variants, left_out, new = history.planned(args.out, releases)
-            if new:
-                more, more_left = history.join(args.out, new, grid.modes, run_args)
-                variants, left_out = variants + more, left_out + more_left
+            more, more_left = history.join(args.out, run_args, new, grid.modes, args.calibrate)
+            variants, left_out = variants + more, left_out + more_left
         else:
             variants, left_out = history.environments(releases, grid.modes)
             if len(variants) < 2:

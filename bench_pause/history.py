@@ -203,19 +203,29 @@ def planned(out: Path, releases: list[str]) -> tuple[list[Variant], list[dict], 
     return variants, plan.get("left_out", []), [r for r in releases if r not in known]
 
 
-def join(out: Path, releases: list[str], modes: list[str], run_args: list[str],
+def join(out: Path, run_args: list[str], releases: list[str], modes: list[str], delays_ms: list[float] | None,
          say=print) -> tuple[list[Variant], list[dict]]:
-    """Add releases to the history in ``out``: each is probed (:func:`environments`); every
-    round gets one run of each that can run (:func:`bench_pause.interleave.add_variants`),
-    the others join the plan's left-out list, and the plan records when they joined, so the
-    page can say which releases were measured beside which runs. Refused, before any probe,
-    when the run options differ from the plan's: the new runs must be measured the same way.
-    Returns the variants and the left-out entries added."""
+    """Add to the history in ``out`` the releases it lacks (each probed by :func:`environments`)
+    and, with ``delays_ms`` (``--calibrate``), the calibration variants it lacks, of its newest
+    release: every round gets one run of each that can run
+    (:func:`bench_pause.interleave.add_variants`), the releases that cannot join the plan's
+    left-out list, and the plan records what joined when, so the page can say which variants
+    were measured beside which runs. Refused, before any probe, when the run options differ
+    from the plan's: the new runs must be measured the same way. Returns what was added."""
     path = Path(out) / compare.PLAN
     plan = json.loads(path.read_text())
     if plan["run_args"] != run_args:
         raise ScenarioError(f"--resume: the run options differ from the plan in {path}")
-    variants, left_out = environments(releases, modes, say)
+    variants, left_out = environments(releases, modes, say) if releases else ([], [])
+    if delays_ms is not None:
+        check_delays(delays_ms)
+        names = release_names(plan)
+        ours = [Variant(**v) for v in plan["variants"] if v["name"] in names] + variants
+        newest = max(ours, key=lambda v: release_key(v.name))
+        had = {v["name"] for v in plan["variants"]}
+        variants += [v for v in calibration(newest, delays_ms) if v.name not in had]
+    if not variants and not left_out:
+        return [], []
     done = sum(r.get("status") == "done" for r in plan.get("runs", {}).values())
     add_variants(plan, variants)
     plan["left_out"] = plan.get("left_out", []) + left_out
@@ -393,11 +403,18 @@ def _rounds(plan: dict) -> str:
 
 
 def _joined(plan: dict) -> list[str]:
-    """The releases added to the history under way (:func:`join`), said with how many runs
-    were done before: their runs of the rounds already done came later than the others'."""
-    return [f"{', '.join(j['releases'])} joined the history on {j['at'][:10]}, after {j['runs_done_before']} "
-            "runs of the others: they ran after every variant of the rounds already begun, and in "
-            "shuffled order with the others from the next round on." for j in plan.get("joined", [])]
+    """What joined the history under way (:func:`join`) and when: in the rounds already begun
+    by then its runs came after the others' (read from the runs' start times)."""
+    out, rounds = [], len(plan["order"])
+    for j in plan.get("joined", []):
+        begun = len({r["round"] for r in plan.get("runs", {}).values() if r.get("started", "") < j["at"]})
+        how = ("they were shuffled in with the others in every round" if not begun else
+               "they ran after the others in every round (all had begun)" if begun >= rounds else
+               f"they ran after the others in round(s) 1-{begun} (begun by then) and were shuffled in with "
+               f"them from round {begun + 1} on")
+        out.append(f"{', '.join(j['releases'])} joined the history on {j['at'][:10]}, after "
+                   f"{j['runs_done_before']} runs of the others: {how}.")
+    return out
 
 
 def page(plan: dict, sides: list[compare.Side], table: pd.DataFrame, comparisons: dict[str, compare.Comparison],

@@ -154,7 +154,7 @@ def _plan_under_way() -> dict:
     plan = {"variants": [x.__dict__ for x in v], "seed": 0, "run_args": ["--profile", "compare"], "left_out": [],
             "order": interleave.order(["0.30.0", "0.31.0"], 3, 0)}
     first_of_r2 = plan["order"][1][0]
-    plan["runs"] = {k: {"status": "done", "wall_s": 100.0}
+    plan["runs"] = {k: {"round": int(k[-2:]), "status": "done", "wall_s": 100.0, "started": "2026-11-20T10:00:00+00:00"}
                     for k in ("0.30.0/r01", "0.31.0/r01", f"{first_of_r2}/r02")}
     return plan
 
@@ -198,9 +198,19 @@ def test_a_history_resumed_with_more_releases_plans_them_before_any_engine(tmp_p
     assert [j["releases"] for j in plan["joined"]] == [["0.29.0", "0.28.0"]] and plan["joined"][0]["runs_done_before"] == 3
     assert all("0.29.0" in r for r in plan["order"]) and plan["order"][0][-1] == "0.29.0"
     assert "stopping before 0.29.0/r01" in capsys.readouterr().out
-    # Asked again with the same releases, nothing joins twice.
+    assert history._joined(plan) == [f"0.29.0, 0.28.0 joined the history on {plan['joined'][0]['at'][:10]}, after 3 "
+                                     "runs of the others: they ran after the others in round(s) 1-2 (begun by "
+                                     "then) and were shuffled in with them from round 3 on."]
+    # Asked again with the same releases, nothing joins twice; --calibrate adds what the plan
+    # lacks of its newest release's calibration, once.
     assert cli.main([*args, *releases, "--", "--profile", "compare"]) == interleave.EXIT_TIME
     assert len(json.loads((out / compare.PLAN).read_text())["joined"]) == 1
+    for _ in range(2):
+        assert cli.main([*args, *releases, "--calibrate", "5", "--", "--profile", "compare"]) == interleave.EXIT_TIME
+    plan = json.loads((out / compare.PLAN).read_text())
+    assert [j["releases"] for j in plan["joined"]][1:] == [["0.31.0-again", "0.31.0+5ms"]]
+    assert {v["name"]: (v["env"], v["pause_delay_s"]) for v in plan["variants"]}["0.31.0+5ms"] == ("/envs/0.31.0", 0.005)
+    assert all(sorted(r) == ["0.29.0", "0.30.0", "0.31.0", "0.31.0+5ms", "0.31.0-again"] for r in plan["order"])
 
 
 def test_the_probe_reads_this_environments_vllm_and_pause_api():
