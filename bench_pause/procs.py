@@ -2,7 +2,8 @@
 
 A benchmark that leaves a vLLM engine holding a GPU after a fault is worse than none on
 a shared box, so every backend records the processes it created and this module stops
-them: terminate, wait a grace period, then kill.
+them: terminate, wait a grace period, then kill; and the shared memory such processes leave
+in /dev/shm is unlinked once nothing maps it.
 """
 
 from __future__ import annotations
@@ -10,9 +11,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import psutil
 
+SHM = Path("/dev/shm")
+# Python's shared-memory segments (vLLM's message queues) and multiprocessing's named
+# semaphores: what an engine process leaves in /dev/shm when it is killed before it unlinks.
+SHM_PREFIXES = ("psm_", "sem.mp-")
 # Command-line fragments of vLLM processes (engine core, workers, the API server).
 VLLM_MARKERS = ("vllm.entrypoints", "vllm serve", "EngineCore", "VllmWorker", "DPCoordinator")
 
@@ -82,3 +88,47 @@ def vllm_processes() -> dict[int, str]:
         if any(marker in text for marker in VLLM_MARKERS):
             found[info["pid"]] = text.strip()
     return found
+
+
+def shm_names() -> set[str]:
+    """The shared-memory segments and named semaphores now in /dev/shm (see SHM_PREFIXES)."""
+    try:
+        return {p.name for p in SHM.iterdir() if p.name.startswith(SHM_PREFIXES)}
+    except OSError:
+        return set()
+
+
+def _shm_in_use() -> set[str]:
+    """The /dev/shm names some live process maps or holds open."""
+    used = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            used.update(line.rsplit("/dev/shm/", 1)[1].split(" ")[0].strip()
+                        for line in (proc / "maps").read_text().splitlines() if "/dev/shm/" in line)
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("/dev/shm/"):
+                    used.add(target[len("/dev/shm/"):].split(" ")[0])
+        except OSError:  # gone, or not ours to read
+            continue
+    return used
+
+
+def unlink_orphans(before: set[str]) -> list[str]:
+    """Unlink the segments that appeared since ``before`` and that no live process maps or
+    holds open: vLLM unlinks a message queue from its maker's destructor, which a killed
+    process never runs (an offline data-parallel run left two 160-250 MB ``psm_*`` segments,
+    the fault tests more, with ``sem.mp-*`` semaphores). Returns the names removed."""
+    new = shm_names() - before
+    if not new:
+        return []
+    removed = []
+    for name in sorted(new - _shm_in_use()):
+        try:
+            (SHM / name).unlink()
+            removed.append(name)
+        except OSError:
+            continue
+    return removed

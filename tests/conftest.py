@@ -170,7 +170,10 @@ def _strays() -> list[str]:
 
 @pytest.fixture(autouse=True)
 def no_orphans(request):
-    """After an engine test, no vLLM process may remain but the shared engines'."""
+    """After an engine test, no vLLM process may remain but the shared engines', and no
+    shared memory that appeared during the test may be left unmapped (it is unlinked, and
+    the test fails: the engine session should have)."""
+    shm = procs.shm_names()
     yield
     if request.node.get_closest_marker("engine") is None:
         return
@@ -178,3 +181,6 @@ def no_orphans(request):
     if strays:
         procs.stop({int(s.split()[0]) for s in strays}, grace_s=2)
         pytest.fail("vLLM processes outlived the test:\n" + "\n".join(strays))
+    left = procs.unlink_orphans(shm)
+    if left:
+        pytest.fail("shared memory outlived the test's engines (now unlinked): " + ", ".join(left))

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from bench_pause import procs
 from bench_pause.trace import Trace
 
 # Called with (request, tokens received so far) after every streamed output.
@@ -59,10 +60,13 @@ class Session(abc.ABC):
     def __init__(self, info: SessionInfo, timeouts: Timeouts) -> None:
         self.info = info
         self.timeouts = timeouts
+        self._shm_before: set[str] | None = None  # /dev/shm before the engine started
 
     async def start(self) -> None:
         """Start the engine, retrying once: first starts sometimes hang (FACTS.md)."""
         last: Exception | None = None
+        if self._shm_before is None:
+            self._shm_before = procs.shm_names()
         for attempt in range(2):
             t0 = time.monotonic()
             try:
@@ -126,8 +130,15 @@ class Session(abc.ABC):
     def alive(self) -> bool:
         """Whether the engine's processes are still running."""
 
-    @abc.abstractmethod
     async def close(self) -> None:
+        """Stop the engine and every process it started, then unlink the shared memory they
+        left (:func:`bench_pause.procs.unlink_orphans`). Safe to call twice."""
+        await self._close()
+        if self._shm_before is not None:
+            procs.unlink_orphans(self._shm_before)
+
+    @abc.abstractmethod
+    async def _close(self) -> None:
         """Stop the engine and every process it started. Safe to call twice."""
 
     async def __aenter__(self) -> "Session":

@@ -72,5 +72,5 @@ class FleetSession(Session):
     def alive(self) -> bool:
         return all(s.alive() for s in self.servers)
 
-    async def close(self) -> None:
+    async def _close(self) -> None:
         await asyncio.gather(*(s.close() for s in self.servers))

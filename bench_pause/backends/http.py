@@ -134,7 +134,7 @@ class HttpSession(Session):
             pass
         self.info.extra = {"url": self.url, "server_vllm_version": version}
 
-    async def close(self) -> None:
+    async def _close(self) -> None:
         if self.client is not None:
             await self.client.close()
             self.client = None

@@ -120,7 +120,7 @@ class OfflineSession(Session):
             return False
         return not vllm_compat.engine_dead(self.engine)
 
-    async def close(self) -> None:
+    async def _close(self) -> None:
         engine, self.engine = self.engine, None
         if engine is not None:
             try:
