@@ -262,7 +262,7 @@ def test_asv_history_has_one_release_list_and_a_sample_per_engine_run(monkeypatc
     assert {"0.22.1", "0.26.0", "0.27.1", "0.32.0"} <= set(releases) and not [r for r in releases if "+" in r or "-" in r]
     bench = mod.History()
     levels = bench.setup_cache()
-    for backend, where, least in (("offline", gpu, 2), ("http", http, 1)):
+    for backend, where, least in (("offline", gpu, 3), ("http", http, 3)):
         bench.setup(levels, "0.26.0", backend, "keep")
         runs = json.loads((where / compare.PLAN).read_text())["runs"]
         done = [k for k, v in runs.items() if k.startswith("0.26.0/") and v["status"] == "done"]
@@ -270,14 +270,22 @@ def test_asv_history_has_one_release_list_and_a_sample_per_engine_run(monkeypatc
     with pytest.raises(NotImplementedError):
         bench.setup(levels, "0.32.0", "offline", "keep")  # a CPU release: not in this history
     with pytest.raises(NotImplementedError):
-        bench.setup(levels, "0.22.1", "http", "keep")  # measured offline only
+        bench.setup(levels, "0.32.0", "http", "keep")
 
 
-def test_a_step_with_one_run_on_a_side_says_too_few_runs():
-    # The committed HTTP history on the H100 stopped after round 1 (one run of 0.25.1): its step
-    # cannot detect anything, and the page says so in words, not as "inf ms".
+def test_a_step_with_one_run_on_a_side_says_too_few_runs(tmp_path):
+    # The committed HTTP history on the H100 as it stood after its first calls (one run of
+    # 0.25.1, two of 0.26.0): its step cannot detect anything, and the page says so in words,
+    # not as "inf ms".
     http = Path(__file__).parent.parent / "results" / "gpu-h100-history-http-qwen3-8b"
-    releases, _ = history.split(json.loads((http / compare.PLAN).read_text()), compare.comparison_sides(http))
+    plan = json.loads((http / compare.PLAN).read_text())
+    keep = ("0.25.1/r01", "0.26.0/r01", "0.26.0/r02")
+    for run in keep:
+        shutil.copytree(http / run, tmp_path / run)
+    plan["variants"] = [v for v in plan["variants"] if v["name"] in ("0.25.1", "0.26.0")]
+    plan["runs"] = {k: v for k, v in plan["runs"].items() if k in keep}
+    (tmp_path / compare.PLAN).write_text(json.dumps(plan))
+    releases, _ = history.split(plan, compare.comparison_sides(tmp_path))
     assert [s.n for s in releases] == [1, 2]
     said = history._flags(compare.compare(*releases, compare.Thresholds()), "http", 1, "keep")
     assert said == "underpowered: too few runs to detect anything"
