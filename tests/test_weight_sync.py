@@ -163,8 +163,8 @@ def test_a_preset_without_weight_files_is_staged_in_its_layout(tmp_path, monkeyp
     assert [s.tokens for s in sets] == [(4, 5), (6, 7)] and sets[0].bytes == sets[1].bytes > 1e6
 
 
-def _sync(mode: str, max_tokens: int = 32, backend: str = "offline") -> Scenario:
-    return Scenario(backend, 1, mode, "tokens:5", max_tokens, 2, 0.0, True, cycle="weight_sync")
+def _sync(mode: str, max_tokens: int = 32, backend: str = "offline", concurrency: int = 2) -> Scenario:
+    return Scenario(backend, 1, mode, "tokens:5", max_tokens, concurrency, 0.0, True, cycle="weight_sync")
 
 
 def _sets(m) -> dict:
@@ -190,7 +190,9 @@ def test_offline_push_changes_the_weights_between_pause_and_resume(offline_sessi
 @pytest.mark.engine
 @pytest.mark.parametrize("mode", ["keep", "abort"])
 def test_http_push_through_the_dev_routes(http_session, measure_on, mode):
-    m = measure_on(http_session, _sync(mode, backend="http"))
+    # One request: over HTTP a second one aborted before its first token (a busy 2-core host)
+    # ends without a finish reason, the known HTTP abort case, which is not what this tests.
+    m = measure_on(http_session, _sync(mode, backend="http", concurrency=1))
     v = m.metrics
     assert v["ok"] and not v["error"], v
     assert v["wrong_weight_tokens"] == 0 and v["new_weight_tokens"] >= 32 and v["sync_s"] > 0
