@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from bench_pause import compare, stats, vllm_compat
-from bench_pause.interleave import ROOT, Variant, add_variants, read_versions, run_name
+from bench_pause.interleave import ROOT, Variant, add_variants, finished, read_versions, run_name
 from bench_pause.meta import now
 from bench_pause.results import write_json
 from bench_pause.scenario import ScenarioError
@@ -192,9 +192,9 @@ def planned(out: Path, releases: list[str]) -> tuple[list[Variant], list[dict], 
     if dropped:
         raise ScenarioError(f"--resume: the history in {out} also holds {', '.join(dropped)}: "
                             "name every release it holds (a history drops none)")
-    runs = plan.get("runs", {})
+    done = finished(plan)
     left = {name for r, names in enumerate(plan.get("order", []), 1) for name in names
-            if runs.get(f"{name}/{run_name(r)}", {}).get("status") != "done"}
+            if f"{name}/{run_name(r)}" not in done}
     to_run = [v for v in variants if v.name in left]
     for v, now in zip(to_run, read_versions(to_run)):
         if now.vllm != v.vllm:
@@ -226,7 +226,7 @@ def join(out: Path, run_args: list[str], releases: list[str], modes: list[str], 
         variants += [v for v in calibration(newest, delays_ms) if v.name not in had]
     if not variants and not left_out:
         return [], []
-    done = sum(r.get("status") == "done" for r in plan.get("runs", {}).values())
+    done = len(finished(plan))
     add_variants(plan, variants)
     plan["left_out"] = plan.get("left_out", []) + left_out
     plan.setdefault("joined", []).append({"releases": [v.name for v in variants] + [x["release"] for x in left_out],
@@ -396,7 +396,7 @@ def _flags(c: compare.Comparison, backend: str, dp: int, mode: str) -> str:
 
 def _rounds(plan: dict) -> str:
     """How many of the planned rounds every variant finished: the replication behind each figure."""
-    done = {k for k, v in plan.get("runs", {}).items() if v.get("status") == "done"}
+    done = finished(plan)
     full = sum(all(f"{name}/{run_name(i)}" in done for name in names) for i, names in enumerate(plan["order"], 1))
     planned = len(plan["order"])
     return f"{full} interleaved round(s)" + (f" of the {planned} planned" if full < planned else "")
@@ -457,7 +457,8 @@ def page(plan: dict, sides: list[compare.Side], table: pd.DataFrame, comparisons
     lines += ["## Releases that could not run", ""]
     lines += [f"- {x['release']}: {x['reason']}" for x in plan.get("left_out", [])] or ["None: every release "
                                                                                          "asked for ran."]
-    unfinished = [k for k, v in plan.get("runs", {}).items() if v.get("status") != "done"]
+    done = finished(plan)
+    unfinished = [k for k in plan.get("runs", {}) if k not in done]
     if unfinished:
         lines += ["", "Runs that did not finish (left out of every figure): " + ", ".join(unfinished) + "."]
     return "\n".join(lines) + "\n"

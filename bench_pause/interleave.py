@@ -151,6 +151,11 @@ def add_variants(plan: dict, variants: list[Variant]) -> None:
             plan["order"][r] = order(names, r + 1, plan["seed"], start=r)[0]
 
 
+def finished(plan: dict) -> set[str]:
+    """The plan's runs that finished ("variant/rNN")."""
+    return {k for k, v in plan.get("runs", {}).items() if v.get("status") == "done"}
+
+
 def run_name(round_no: int) -> str:
     return f"r{round_no:02d}"
 
