@@ -124,6 +124,41 @@ def test_abort_contract_exact():
     assert not metrics.compute(*keep_trace(KEEP_TOKENS, finished), {**SCENARIO, "mode": "abort"})["ok"]
 
 
+WAIT = {**SCENARIO, "mode": "wait"}
+# Both requests drain inside the pause call (10.000-10.030): their last tokens at 10.010 and
+# 10.020 (engine 10.009, 10.019), finishes at 10.011 and 10.021.
+WAIT_TOKENS = [*KEEP_TOKENS[:4], (0, 10.010, 10.009), (1, 10.015, 10.014), (0, 10.020, 10.019),
+               (1, 10.022, 10.021)]
+WAIT_FINISHED = [(tr.FINISH, 0, 10.021, "length"), (tr.FINISH, 1, 10.023, "length")]
+
+
+def test_wait_contract_exact():
+    v = metrics.compute(*keep_trace(WAIT_TOKENS, WAIT_FINISHED), WAIT)
+    assert v["ok"] and v["leak_tokens"] == v["late_tokens"] == 0 and v["late_s"] == 0.0
+    assert v["quiesce_s"] == pytest.approx(0.022) and v["quiesce_engine_s"] == pytest.approx(0.021)
+
+
+def test_a_drained_token_delivered_after_the_pause_returned_is_late_not_leaked():
+    """Request 1's last token, made at 10.021 inside the pause call, reaches an HTTP client
+    (no engine clock) 8 ms after the pause returned, its finish with it (seen on a starved
+    2-core host): late, and the contract held. Made after the return (engine clock), it is a
+    leak. Finishing only after the resume call, it was not drained: not ok."""
+    http = [*WAIT_TOKENS[:7], (1, 10.038, NAN)]
+    finished = [WAIT_FINISHED[0], (tr.FINISH, 1, 10.038, "length")]
+    v = metrics.compute(*keep_trace(http, finished), WAIT)
+    assert v["ok"] and v["leak_tokens"] == 0
+    assert v["late_tokens"] == 1 and v["late_s"] == pytest.approx(0.008)
+    made_after = [*WAIT_TOKENS[:7], (1, 10.038, 10.035)]
+    v = metrics.compute(*keep_trace(made_after, finished), WAIT)
+    assert not v["ok"] and v["leak_tokens"] == 1 and v["late_tokens"] == 0
+    after_resume = [*WAIT_TOKENS[:7], (1, 11.060, NAN)]
+    v = metrics.compute(*keep_trace(after_resume, [WAIT_FINISHED[0], (tr.FINISH, 1, 11.061, "length")]), WAIT)
+    assert not v["ok"] and v["leak_tokens"] == v["late_tokens"] == 0
+    # Keep mode has no late tokens: the same arrival is a leak.
+    v = metrics.compute(*keep_trace(http, finished), SCENARIO)
+    assert v["leak_tokens"] == 1 and v["late_tokens"] == 0 and not v["ok"]
+
+
 def test_two_servers_paused_together_name_the_slowest():
     """The same keep trace as two servers, one request each (request i on server i % 2): the
     pause's detail lists each server's return (10.012 and 10.030), the framework's pause is
