@@ -99,10 +99,12 @@ def plan(cfg: SweepConfig, say: Say = print) -> Plan:
         raise ScenarioError("the weight_sync cycle sets --weight-transfer-config and --worker-extension-cls "
                             "itself: drop them from --engine-args")
     if any(sc.backend == "offline" for sc in scenarios) or not cfg.urls:
+        # A mistyped model fails before vLLM is imported (seconds on a small host).
+        model = resolve_model(cfg.model) if cfg.model else ""
         api = vllm_compat.pause_api()
         vllm_compat.check_modes(api, list(cfg.grid.modes))
         gpu = vllm_compat.on_gpu()
-        model = resolve_model(cfg.model) if cfg.model else default_model(gpu, vllm_compat.gpu_memory_gib())
+        model = model or default_model(gpu, vllm_compat.gpu_memory_gib())
         if gpu:
             gpus = vllm_compat.gpu_count()
             too_big = sorted({sc.dp_size for sc in scenarios if sc.dp_size > gpus})

@@ -26,7 +26,7 @@ def asv(config: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.engine
-@pytest.mark.timeout(1800)  # both quick sweeps, 8 engine starts: more than the default on a slow host
+@pytest.mark.timeout(1800)  # both quick sweeps, four engines (dp 1 and 2 a backend): more than the default on a slow host
 def test_asv_quick_run_and_publish(tmp_path):
     text = re.sub(r"^\s*//.*$", "", (ROOT / "asv.conf.json").read_text(), flags=re.M)
     conf = json.loads(text)
@@ -34,7 +34,9 @@ def test_asv_quick_run_and_publish(tmp_path):
                 results_dir=str(tmp_path / "results"), html_dir=str(tmp_path / "html"))
     config = tmp_path / "asv.conf.json"
     config.write_text(json.dumps(conf))
-    env = dict(os.environ, BENCH_PAUSE_PROFILE="quick", BENCH_PAUSE_ASV_SWEEPS=str(tmp_path / "sweeps"))
+    # One repeat a cell: the suite's plumbing is under test here, not the spread (half the time).
+    env = dict(os.environ, BENCH_PAUSE_PROFILE="quick", BENCH_PAUSE_ASV_SWEEPS=str(tmp_path / "sweeps"),
+               BENCH_PAUSE_RUN_ARGS="--repeats 1")
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
                             check=True).stdout.strip()
     asv(config, "machine", "--yes", env=env)

@@ -70,11 +70,15 @@ def test_legacy_api_refuses_keep():
 
 
 @pytest.mark.engine
-def test_run_writes_all_four_files(tmp_path):
+def test_run_writes_all_four_files(tmp_path, monkeypatch):
+    """One real run end to end, on the production-shape path of the CPU: a Qwen3 preset
+    written without weights, vLLM making them (--load-format dummy); every mode, a plain
+    pause and a weight push, all measured and ok."""
+    monkeypatch.setenv("BENCH_PAUSE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
-    r = bench_pause("run", "--backend", "offline", "--mode", "keep", "abort", "wait", "--pause-point", "tokens:5",
-                    "--max-tokens", "32", "--concurrency", "1", "--hold", "0.2", "--cycle", "pause", "weight_sync",
-                    "--repeats", "2", "--out", str(out))
+    r = bench_pause("run", "--model", "tiny-qwen3", "--backend", "offline", "--mode", "keep", "abort", "wait",
+                    "--pause-point", "tokens:5", "--max-tokens", "32", "--concurrency", "1", "--hold", "0.2",
+                    "--cycle", "pause", "weight_sync", "--repeats", "2", "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     for name in ("runs.parquet", "tokens.parquet", "events.parquet", "meta.json"):
         assert (out / name).stat().st_size > 0, name
@@ -91,6 +95,10 @@ def test_run_writes_all_four_files(tmp_path):
     for key in ("vllm_version", "torch_version", "device", "model", "engine_args", "started", "host"):
         assert meta[key], key
     assert meta["engines"][0]["startup_s"] > 0
+    assert meta["engine"] == {"execution": "CPU", "load_format": "dummy", "gpu_memory_utilization": 0.08,
+                              "max_model_len": None}
+    assert meta["engine_args"].count("--load-format") == 1
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))
     # The trainer's staged sets are recorded and removed once the sweep ended.
     assert [s["name"] for s in meta["weight_sets"]] == ["A", "B"]
     assert not any(Path(path).exists() for s in meta["weight_sets"] for path in s["paths"])
@@ -115,23 +123,6 @@ def test_help_says_what_it_measures_and_how_to_start():
 
 
 @pytest.mark.engine
-def test_a_preset_without_weights_runs_on_a_real_engine(tmp_path, monkeypatch):
-    """The production-shape path on the CPU: a Qwen3 preset written without weights, vLLM
-    making them (--load-format dummy), keep and abort measured and ok."""
-    monkeypatch.setenv("BENCH_PAUSE_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "run"
-    r = bench_pause("run", "--model", "tiny-qwen3", "--backend", "offline", "--mode", "keep", "abort",
-                    "--max-tokens", "64", "--hold", "0.2", "--repeats", "1", "--out", str(out))
-    assert r.returncode == 0, r.stderr[-3000:]
-    meta = json.loads((out / "meta.json").read_text())
-    assert meta["engine"] == {"execution": "CPU", "load_format": "dummy", "gpu_memory_utilization": 0.08,
-                              "max_model_len": None}
-    assert meta["engine_args"].count("--load-format") == 1
-    assert not list((tmp_path / "cache").rglob("*.safetensors"))
-    measured = results.measured(pd.read_parquet(out / "runs.parquet"))
-    assert len(measured) == 2 and measured["ok"].all()
-
-
 def test_resume_refuses_a_run_made_with_another_vllm(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
