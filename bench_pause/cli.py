@@ -166,8 +166,9 @@ def _add_history(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=3, help="engine runs per release (default 3)")
     p.add_argument("--out", type=Path, required=True, help="the history directory (an interleaved comparison)")
     p.add_argument("--seed", type=int, default=0, help="round r runs with seed SEED + r, for every release alike")
-    p.add_argument("--resume", action="store_true", help="continue the history in --out; more --rounds add rounds, more --release "
-                        "add releases and --calibrate the calibration it lacks (one run in every round)")
+    p.add_argument("--resume", action="store_true", help="continue the history in --out with the releases it holds; more --rounds add "
+                        "rounds, a --release it lacks joins it and --calibrate adds the calibration it lacks "
+                        "(one run in every round)")
     _add_stop_after(p)
     p.add_argument("--publish", type=Path, metavar="DIR", help="write DIR/index.md, steps.md and history.png")
     p.add_argument("--calibrate", type=float, nargs="*", metavar="MS",
@@ -432,12 +433,13 @@ def cmd_interleave(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     from bench_pause import compare, history, interleave
     started, code = time.monotonic(), 0
-    if args.releases:
-        releases = history.check_releases(args.releases)
+    if args.releases or args.resume:
+        resuming = args.resume and compare.is_comparison(args.out)
+        releases = history.check_releases(args.releases, new=not resuming)
         history.check_delays(args.calibrate or [])
         run_args, grid = _rounds_and_run_options(args)
         interleave.check_out(args.out, args.resume)
-        if args.resume and compare.is_comparison(args.out):
+        if resuming:
             variants, left_out, new = history.planned(args.out, releases)
             more, more_left = history.join(args.out, run_args, new, grid.modes, args.calibrate)
             variants, left_out = variants + more, left_out + more_left

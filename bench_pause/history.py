@@ -62,13 +62,14 @@ def release_key(release: str) -> tuple:
     return tuple(int(x) for x in re.findall(r"\d+", release))
 
 
-def check_releases(releases: list[str]) -> list[str]:
+def check_releases(releases: list[str], new: bool = True) -> list[str]:
+    """The releases in version order; a ``new`` history needs two (one resumed has its own)."""
     bad = [r for r in releases if not re.fullmatch(r"\d+\.\d+(\.\d+)?(\.post\d+)?", r)]
     if bad:
         raise ScenarioError(f"--release {bad[0]!r}: expected a version such as 0.30.0")
     if len(set(releases)) != len(releases):
         raise ScenarioError("each --release once")
-    if len(releases) < 2:
+    if new and len(releases) < 2:
         raise ScenarioError("a history needs at least two --release")
     return sorted(releases, key=release_key)
 
@@ -184,14 +185,10 @@ def planned(out: Path, releases: list[str]) -> tuple[list[Variant], list[dict], 
     call by call; the plan's releases left out; and the releases asked for that the plan
     lacks, which :func:`join` adds. Only the variants with runs left are read: a machine lent
     for a history's last runs needs only their releases installed. A history never drops a
-    release: naming fewer is refused."""
+    release: those it holds go on whether named or not."""
     plan = json.loads((Path(out) / compare.PLAN).read_text())
     variants = [Variant(**v) for v in plan["variants"]]
     known = release_names(plan) | {x["release"] for x in plan.get("left_out", [])}
-    dropped = sorted(known - set(releases), key=release_key)
-    if dropped:
-        raise ScenarioError(f"--resume: the history in {out} also holds {', '.join(dropped)}: "
-                            "name every release it holds (a history drops none)")
     done = finished(plan)
     left = {name for r, names in enumerate(plan.get("order", []), 1) for name in names
             if f"{name}/{run_name(r)}" not in done}

@@ -126,7 +126,7 @@ def test_the_page_calibrates_its_steps_with_recorded_runs(tmp_path):
 
 def test_a_resumed_history_takes_its_variants_from_the_plan(tmp_path):
     # No pause API probed again (each probe imports vLLM); the versions are read again. A
-    # plan holding a release not named, or an environment that changed its vLLM, is refused;
+    # release the plan holds goes on unnamed; an environment that changed its vLLM is refused;
     # a release named that the plan lacks is returned, to join it.
     current = history.vllm_compat.vllm_version()
     variants = [history.Variant("0.1.0", "same", vllm="0.1.0"), history.Variant(current, "same", vllm=current),
@@ -134,16 +134,14 @@ def test_a_resumed_history_takes_its_variants_from_the_plan(tmp_path):
     left_out = [{"release": "0.0.9", "reason": "no pause API: (by hand)"}]
     plan = {"variants": [v.__dict__ for v in variants], "left_out": left_out, "order": [[v.name for v in variants]]}
     (tmp_path / compare.PLAN).write_text(json.dumps(plan))
-    with pytest.raises(ScenarioError, match="also holds 0.1.0: name every release"):
-        history.planned(tmp_path, ["0.0.9", current])
-    with pytest.raises(ScenarioError, match="now holds vLLM"):
-        history.planned(tmp_path, ["0.0.9", "0.1.0", current])
+    with pytest.raises(ScenarioError, match="now holds vLLM"):  # 0.1.0's environment holds `current`
+        history.planned(tmp_path, [])
     # A release whose runs are all done is not read: its environment need not be there any more.
     (tmp_path / compare.PLAN).write_text(json.dumps({**plan, "runs": {"0.1.0/r01": {"status": "done"}}}))
-    assert [v.name for v in history.planned(tmp_path, ["0.0.9", "0.1.0", current])[0]][:2] == ["0.1.0", current]
+    assert [v.name for v in history.planned(tmp_path, [])[0]][:2] == ["0.1.0", current]
     (tmp_path / compare.PLAN).write_text(json.dumps({"variants": [v.__dict__ for v in variants[1:]],
                                                      "left_out": left_out, "order": [[v.name for v in variants[1:]]]}))
-    got, out, new = history.planned(tmp_path, ["0.0.9", current])
+    got, out, new = history.planned(tmp_path, [current])
     assert [v.name for v in got] == [current, f"{current}-again", f"{current}+5ms"] and out == left_out and new == []
     assert history.planned(tmp_path, ["0.0.5", "0.0.9", current])[2] == ["0.0.5"]
 
@@ -211,6 +209,11 @@ def test_a_history_resumed_with_more_releases_plans_them_before_any_engine(tmp_p
     assert [j["releases"] for j in plan["joined"]][1:] == [["0.31.0-again", "0.31.0+5ms"]]
     assert {v["name"]: (v["env"], v["pause_delay_s"]) for v in plan["variants"]}["0.31.0+5ms"] == ("/envs/0.31.0", 0.005)
     assert all(sorted(r) == ["0.29.0", "0.30.0", "0.31.0", "0.31.0+5ms", "0.31.0-again"] for r in plan["order"])
+    # Resumed naming no release, the history goes on with all it holds; nothing joins.
+    assert cli.main([*args, "--", "--profile", "compare"]) == interleave.EXIT_TIME
+    assert json.loads((out / compare.PLAN).read_text()) == plan
+    assert cli.main(["history", "--out", str(out / "new"), "--resume", "--", "--profile", "compare"]) == cli.EXIT_USAGE
+    assert "a history needs at least two --release" in capsys.readouterr().err
 
 
 def test_the_probe_reads_this_environments_vllm_and_pause_api():

@@ -118,15 +118,11 @@ case ${1:-info} in
     # tree that travels may lack the newest runs: they come back only in the tarball).
     keep="$HOME/bench-pause-keep/$out"
     if [ -f "$keep/interleave.json" ]; then mkdir -p "$out" && cp -a "$keep/." "$out/"; fi
-    # The releases: those installed, and on --resume every one the history holds (a history
-    # drops none; one whose runs are all done need not be installed).
-    known=()
-    resume=(); [ -f "$out/interleave.json" ] && resume=(--resume) && mapfile -t known < <(python3 -c \
-      "import json, sys; p = json.load(open(sys.argv[1])); print(*[v['name'] for v in p['variants'] \
-      if v['name'] == v.get('vllm')] + [x['release'] for x in p.get('left_out', [])], sep='\n')" "$out/interleave.json")
+    # The releases installed; on --resume the history goes on with those it holds (one whose
+    # runs are all done need not be installed) and an installed one it lacks joins it.
+    resume=(); [ -f "$out/interleave.json" ] && resume=(--resume)
     releases=()
-    for env in "${VLLM_BUNDLE_HOME:-$HOME}"/vllm-*/env.sh; do r=${env%/env.sh}; known+=("${r##*/vllm-}"); done
-    for r in $(printf '%s\n' "${known[@]}" | sort -u); do releases+=(--release "$r"); done
+    for env in "${VLLM_BUNDLE_HOME:-$HOME}"/vllm-*/env.sh; do r=${env%/env.sh}; releases+=(--release "${r##*/vllm-}"); done
     # shellcheck disable=SC2086
     timeout -k 40 "$LIMIT_S" python3 -m bench_pause history "${releases[@]}" --rounds "${ROUNDS:-3}" "${resume[@]}" \
       --calibrate ${CALIBRATE-5 10} --stop-after $((LIMIT_S - 30)) --out "$out" -- --profile compare \
