@@ -123,6 +123,12 @@ class OfflineSession(Session):
     async def _close(self) -> None:
         engine, self.engine = self.engine, None
         if engine is not None:
+            # vLLM's shutdown stops the engine core before it cancels the output handler, which
+            # meanwhile logs the core's death as an ERROR with a traceback on every engine switch
+            # of a sweep; nothing is in flight here, so the handler goes first.
+            handler = getattr(engine, "output_handler", None)
+            if handler is not None:
+                handler.cancel()
             try:
                 await asyncio.wait_for(asyncio.to_thread(engine.shutdown), timeout=30)
             except Exception:  # a dead engine may fail to shut down cleanly; the stop below is what counts
