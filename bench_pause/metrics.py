@@ -100,6 +100,11 @@ Definitions (client clock unless the name says ``engine``):
   ``shm`` for traces that do not say); ``trainer_gpu_bytes``: GPU memory the trainer held
   after the push, its weight sets included where they live on the GPU (CUDA IPC, NCCL; NaN
   where not recorded): a packed buffer that stays allocated after every push shows as growth.
+  ``vllm_sync_start_s``, ``vllm_sync_update_s``, ``vllm_sync_finish_s``: the same calls as
+  vLLM's server timed them (its histogram ``vllm:rl_weight_update_operation_duration_seconds``,
+  the seconds it added during the measurement; ``update`` summed over the push's updates,
+  ``vllm_sync_updates`` of them), a cross-check of the suite's figures, which add the HTTP
+  round trip; NaN where vLLM records none (in-process AsyncLLM, releases without it).
 - ``ok``: the mode's contract held. keep: no leak, every token delivered, every request
   finished by length. abort: no leak, every request unfinished at the pause call ended
   with ``abort``, except one held (it reached the engine only after the abort, as a
@@ -129,8 +134,9 @@ from bench_pause.scenario import route
 # metrics selected by the engine's clock, a leak never counted as missed. 3: several
 # servers paused together (per_server, pause_spread_s, worst_server). 4: the weight_sync
 # cycle's metrics. 6: a wait pause's drained tokens delivered after its return are late,
-# not leaked, and the wait contract asks them to finish before the resume call.
-VERSION = 6
+# not leaked, and the wait contract asks them to finish before the resume call. 7: vLLM's
+# own timing of the push's operations beside the suite's (vllm_sync_*).
+VERSION = 7
 
 # The metrics a benchmark tracks, with their units: what summaries, plots and asv show.
 HEADLINE = {
@@ -243,16 +249,35 @@ def _ids(tokens: pd.DataFrame) -> list[list[int]]:
     return [[int(i) for i in v.split(",")] if isinstance(v, str) and v else [] for v in tokens["ids"]]
 
 
+# vLLM's weight-transfer operations and the metric each one's seconds go to.
+VLLM_OPS = {"start": "vllm_sync_start_s", "update": "vllm_sync_update_s", "finish": "vllm_sync_finish_s"}
+
+
+def _vllm_ops(events: pd.DataFrame) -> dict[str, float]:
+    """vLLM's own seconds per push operation during the measurement, from the two
+    ``weight_ops`` events (its cumulative histogram before and after); {} without them."""
+    rows = events.loc[events["event"] == tr.WEIGHT_OPS, "detail"]
+    if len(rows) < 2:
+        return {}
+    first, last = json.loads(rows.iloc[0]), json.loads(rows.iloc[-1])
+
+    def added(op: str, which: int) -> float:
+        return last[op][which] - first.get(op, [0.0, 0.0])[which] if op in last else math.nan
+    return {**{name: added(op, 0) for op, name in VLLM_OPS.items()}, "vllm_sync_updates": added("update", 1)}
+
+
 def _weight_sync(tokens: pd.DataFrame, events: pd.DataFrame, pause_call: float, pause_ret: float,
                  resume_call: float, first_submit: float) -> dict:
     """The weight_sync metrics (module docstring); NaN for every other cycle."""
     nan = math.nan
     out = dict.fromkeys(("idle_s", "sync_start_s", "sync_update_s", "sync_finish_s", "sync_s", "sync_bytes",
-                         "sync_gbps", "dark_s", "new_weight_tokens", "wrong_weight_tokens", "trainer_gpu_bytes"), nan)
+                         "sync_gbps", "dark_s", "new_weight_tokens", "wrong_weight_tokens", "trainer_gpu_bytes",
+                         *VLLM_OPS.values(), "vllm_sync_updates"), nan)
     out["sync_transfer"] = ""
     start = events.loc[events["event"] == tr.SYNC_START_CALL, "detail"]
     if not len(start):
         return out
+    out.update(_vllm_ops(events))
     sets = json.loads(str(start.iloc[0]))
     pushed = events.loc[events["event"] == tr.SYNC_UPDATE_RETURN, "detail"]
     done = json.loads(str(pushed.iloc[0])) if len(pushed) and str(pushed.iloc[0]) else {}

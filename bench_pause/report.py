@@ -110,7 +110,19 @@ def _syncs(runs) -> list[str]:
             "fewest tokens after a resume whose weights were checked; `trainer GiB`: the most GPU memory a "
             "trainer (CUDA IPC, NCCL) held after a push, its weight sets included where they live on the GPU (growth "
             "from push to push is a leak).", "",
-            summary.markdown(table, summary.sync_rows)]
+            summary.markdown(table, summary.sync_rows)] + _sync_check(table)
+
+
+def _sync_check(table) -> list[str]:
+    """vLLM's own timing of the push beside the suite's, where its server recorded it."""
+    header, body = summary.sync_check_rows(table)
+    if not body:
+        return []
+    return ["", "vLLM's server times the same calls itself (its histogram "
+            "`vllm:rl_weight_update_operation_duration_seconds`, read before and after each cycle); the "
+            "suite's figure adds the HTTP round trip and the client's side, so it should sit a little "
+            "above vLLM's, never below:", "",
+            summary.markdown(table, summary.sync_check_rows)]
 
 
 def _ranks(runs) -> list[str]:

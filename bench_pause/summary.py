@@ -166,14 +166,36 @@ def syncs(runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     if "sync_transfer" not in m:  # runs.parquet written before metrics version 5
         m = m.assign(sync_transfer="shm", trainer_gpu_bytes=float("nan"))
+    for column in VLLM_SYNC:  # vLLM's own timing: metrics version 7 on
+        if column not in m:
+            m = m.assign(**{column: float("nan")})
     grouped = m.groupby(["sync_transfer", *CELL], dropna=False, sort=True)
-    out = _tails(grouped, [name for name, _ in SYNC_PHASES] + ["sync_s", "dark_s"])
+    out = _tails(grouped, [name for name, _ in SYNC_PHASES] + ["sync_s", "dark_s", *VLLM_SYNC])
     out["sync_gbps_p50"] = grouped["sync_gbps"].median()
     out["sync_mb"] = grouped["sync_bytes"].max() / 1e6
     out["trainer_gb_max"] = grouped["trainer_gpu_bytes"].max() / 2**30
     out["wrong_max"] = grouped["wrong_weight_tokens"].max()
     out["checked_min"] = grouped["new_weight_tokens"].min()
     return out.reset_index()
+
+
+# The push's calls as the suite and as vLLM's server timed them (metrics: vllm_sync_*).
+VLLM_SYNC = {"vllm_sync_start_s": "sync_start_s", "vllm_sync_update_s": "sync_update_s",
+             "vllm_sync_finish_s": "sync_finish_s"}
+
+
+def sync_check_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """The cells where vLLM timed the push too: each call as the suite saw it (the client's
+    call to its return) beside vLLM's own figure (the server's route), p50 / p90 / max in ms."""
+    header = ["transfer", "backend", "mode", "cache", "n",
+              *[f"{call} ms {who}" for call in ("start", "update", "finish") for who in ("suite", "vLLM")]]
+    body = []
+    for r in table.itertuples(index=False):
+        if pd.isna(r.vllm_sync_update_s_max):
+            continue
+        body.append([r.sync_transfer, r.backend, r.mode, "clear" if r.clear_cache else "keep", str(r.n),
+                     *[_tail(r, name) for theirs, ours in VLLM_SYNC.items() for name in (ours, theirs)]])
+    return header, body
 
 
 def sync_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:

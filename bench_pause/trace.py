@@ -45,6 +45,9 @@ SYNC_START_CALL = "sync_start_call"
 SYNC_START_RETURN = "sync_start_return"
 SYNC_UPDATE_RETURN = "sync_update_return"
 SYNC_FINISH_RETURN = "sync_finish_return"
+# vLLM's own weight-operation histogram (sum, count per operation; JSON) before and after
+# the measurement, where the engine exposes it (its HTTP routes).
+WEIGHT_OPS = "weight_ops"
 
 
 @dataclass

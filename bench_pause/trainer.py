@@ -26,18 +26,22 @@ The trainer runs as its own process, as a trainer does, in one of two ways:
   CUDA GPU, the engine's): holds both sets on the GPU (shared tensors once), or packed
   from pinned host memory where the GPU has no room for them beside the engine (as a
   trainer that offloads its parameters), prints them as one JSON line, then answers ``{"send": i}`` lines by running vLLM's own
-  ``IPCWeightTransferEngine.trainer_send_weights`` for set ``i``, unpacked (one update with
-  a CUDA-IPC handle per tensor) or packed (vLLM's 1 GB buffers, one update each). Each
-  update it would send is written as ``{"update": info}`` for the client to pass to the
-  engine's ``update_weights``; the trainer waits for ``ok`` before it goes on (a packed
-  buffer is reused), then says ``{"done": i, ...}`` with its GPU memory after the push.
+  IPC sender for set ``i`` (its trainer factory's engine, ``send_weights``; before that API,
+  ``IPCWeightTransferEngine.trainer_send_weights``), unpacked (one update with a CUDA-IPC
+  handle per tensor) or packed (vLLM's 1 GB buffers, one update each). Each update it
+  would send is written as ``{"update": info}`` for the client to pass to the engine's
+  ``update_weights``; the trainer waits for ``ok`` before it goes on (a packed buffer is
+  reused), then says ``{"done": i, ...}`` with its GPU memory after the push. The
+  engine's init, start and finish calls are the client's, as the update's are: vLLM's
+  trainer engine makes them through a client object, and here that object relays (_Relay).
 - ``python -m bench_pause.trainer MODEL_DIR --serve nccl|nccl_packed`` (a GPU of its own,
   not the engine's): holds both sets there the same way; an ``{"init": info}`` line joins
   a new NCCL group with an engine's workers as rank 0 (vLLM's ``trainer_init``, while the
   client has the engine join: ``{"joined": world_size}``), and ``{"send": i}`` writes the
   one update the engine must receive with (``"collective": true``: the client calls it
-  now, without waiting) and broadcasts set ``i`` with vLLM's
-  ``NCCLWeightTransferEngine.trainer_send_weights``, one tensor at a time or packed.
+  now, without waiting) and broadcasts set ``i`` with vLLM's NCCL sender (its trainer
+  factory's engine from 0.28; ``NCCLWeightTransferEngine.trainer_send_weights`` before),
+  one tensor at a time or packed.
 
 Protocol lines go to the process's stdout and everything else (vLLM's log) to stderr.
 """
@@ -273,57 +277,137 @@ def _pushed(index: int) -> dict:
     return {"done": index, "gpu_bytes": held, "gpu_bytes_collected": torch.cuda.memory_allocated()}
 
 
+class _Relay:
+    """vLLM's trainer-side client (``VLLMWeightSyncClient``, releases with the trainer
+    factory) for a trainer whose engine calls are made by the measuring client: each update
+    goes over ``out`` for the client to pass to the engine's ``update_weights``, after which
+    it answers ``ok`` on ``inp`` (a collective one, NCCL's, is not waited for: the engine
+    receives while this process broadcasts). Init, start and finish are the client's own
+    calls, timed there (weight_sync.attach and push), so here they do nothing."""
+
+    def __init__(self, out: IO[str], inp: IO[str], collective: bool) -> None:
+        self.out, self.inp, self.collective = out, inp, collective
+
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        pass
+
+    def start_weight_update(self) -> None:
+        pass
+
+    def update_weights(self, update_info: dict) -> None:
+        info = {k: v for k, v in update_info.items() if v is not None}
+        handles = info.pop("ipc_handles", None)
+        if handles is not None:  # pickled as vLLM's HTTP client does; the engine's side unpickles
+            info["ipc_handles_pickled"] = base64.b64encode(pickle.dumps(handles)).decode()
+        _say(self.out, {"collective": True, "update": info} if self.collective else {"update": info})
+        if not self.collective and self.inp.readline().strip() != "ok":
+            raise RuntimeError("the client did not confirm the update")
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        pass
+
+
+def _sets_source(ordered: list[list[tuple[str, torch.Tensor]]]) -> object:
+    """Both held sets as one vLLM ``WeightSource`` (the trainer factory's input): the
+    sets share every name, shape and dtype, so ``metadata`` is one, and iteration yields the
+    set ``index`` names. ``metadata`` is a cached property (0.33 and later; 0.28-0.32 call
+    it, hence a list that returns itself when called); iteration is ``iter_full`` (0.33 and
+    later) and ``__iter__`` (before)."""
+    from functools import cached_property
+    from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
+
+    class Metadata(list):
+        def __call__(self) -> "Metadata":
+            return self
+
+    class HeldSets(WeightSource):
+        index = 0
+
+        @cached_property
+        def metadata(self) -> Metadata:
+            return Metadata(ParamMeta(n, t.dtype, tuple(t.shape)) for n, t in ordered[0])
+
+        def iter_full(self) -> Iterator[tuple[str, torch.Tensor]]:
+            return iter(ordered[self.index])
+
+        __iter__ = iter_full
+
+    return HeldSets()
+
+
+def _factory_sender(init_info: object, relay: _Relay, ordered: list[list[tuple[str, torch.Tensor]]]):
+    """vLLM's trainer engine over both sets (its trainer factory: IPC from 0.27, NCCL from 0.28), as a
+    function that pushes set ``index``; vLLM's ``trainer_init`` joins the engine's NCCL group
+    where the backend has one."""
+    from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
+    source = _sets_source(ordered)
+    engine = WeightTransferTrainerFactory.trainer_init(init_info, client=relay, source=source)
+
+    def send(index: int) -> None:
+        source.index = index
+        engine.send_weights()
+    return send
+
+
 def serve_ipc(ordered: list[list[tuple[str, torch.Tensor]]], packed: bool, out: IO[str], inp: IO[str]) -> None:
     """Push the asked set through vLLM's IPC trainer API, relaying each update over
     ``out``/``inp`` (the module's docstring)."""
     from bench_pause.transfer_worker import ipc_engine
+    from bench_pause.vllm_compat import FACTORY_API, trainer_api
     ipc = ipc_engine()
-
-    def relay(update) -> None:  # vLLM's IPCWeightTransferUpdateInfo; handles pickled as its HTTP sender does
-        info = {"names": update.names, "dtype_names": update.dtype_names, "shapes": update.shapes,
-                "packed": update.packed,
-                "ipc_handles_pickled": base64.b64encode(pickle.dumps(update.ipc_handles)).decode()}
-        if update.tensor_sizes is not None:
-            info["tensor_sizes"] = update.tensor_sizes
-        _say(out, {"update": info})
-        if inp.readline().strip() != "ok":
-            raise RuntimeError("the client did not confirm the update")
-
     # vLLM's default packed buffer (1 GiB) refuses a larger tensor (Qwen3-8B's embedding is
     # 1.16 GiB): the buffer is the default or the largest tensor, whichever is larger.
     buffer = max(PACKED_BUFFER_BYTES, max(t.numel() * t.element_size() for order in ordered for _, t in order))
+    relay = _Relay(out, inp, collective=False)
+    if trainer_api("ipc") == FACTORY_API:
+        send = _factory_sender(ipc.IPCTrainerInitInfo(rank=0, packed=packed, packed_buffer_size_bytes=buffer),
+                               relay, ordered)
+    else:
+        args = ipc.IPCTrainerSendWeightsArgs(send_mode=lambda u: relay.update_weights(vars(u)), packed=packed,
+                                             packed_buffer_size_bytes=buffer)
+        send = lambda index: ipc.IPCWeightTransferEngine.trainer_send_weights(iter(ordered[index]), args)  # noqa: E731
     while line := inp.readline():
         index = int(json.loads(line)["send"])
-        ipc.IPCWeightTransferEngine.trainer_send_weights(
-            iter(ordered[index]),
-            ipc.IPCTrainerSendWeightsArgs(send_mode=relay, packed=packed, packed_buffer_size_bytes=buffer))
+        send(index)
         _say(out, _pushed(index))
 
 
 def serve_nccl(ordered: list[list[tuple[str, torch.Tensor]]], packed: bool, out: IO[str], inp: IO[str]) -> None:
     """Join each engine's NCCL group and broadcast the asked set to it (the module's
     docstring); one group at a time, the last engine's."""
-    from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerSendWeightsArgs, NCCLWeightTransferEngine
+    from vllm.distributed.weight_transfer import nccl_engine
+    from bench_pause.vllm_compat import FACTORY_API, trainer_api
+    factory = trainer_api("nccl") == FACTORY_API
+    relay = _Relay(out, inp, collective=True)
     group = None
     while line := inp.readline():
         message = json.loads(line)
         if "init" in message:
             group = None  # let the previous engine's group go first: that engine is gone
-            group = NCCLWeightTransferEngine.trainer_init(message["init"])
+            rendezvous = {k: message["init"][k] for k in ("master_address", "master_port", "world_size")}
+            if factory:
+                group = _factory_sender(nccl_engine.NCCLTrainerInitInfo(
+                    rank=0, **rendezvous, packed=packed, packed_buffer_size_bytes=PACKED_BUFFER_BYTES,
+                    packed_num_buffers=PACKED_NUM_BUFFERS), relay, ordered)
+            else:
+                group = nccl_engine.NCCLWeightTransferEngine.trainer_init(message["init"])
             _say(out, {"joined": message["init"]["world_size"]})
             continue
         if group is None:
             raise RuntimeError("asked to push before joining an engine's group (init)")
         index = int(message["send"])
         tensors = ordered[index]
-        # The engine receives exactly these tensors in this order (vLLM's NCCLWeightTransferUpdateInfo).
-        _say(out, {"collective": True, "update": {
-            "names": [n for n, _ in tensors], "dtype_names": [str(t.dtype).removeprefix("torch.") for _, t in tensors],
-            "shapes": [list(t.shape) for _, t in tensors], "packed": packed,
-            "packed_buffer_size_bytes": PACKED_BUFFER_BYTES, "packed_num_buffers": PACKED_NUM_BUFFERS}})
-        NCCLWeightTransferEngine.trainer_send_weights(iter(tensors), NCCLTrainerSendWeightsArgs(
-            group=group, packed=packed, packed_buffer_size_bytes=PACKED_BUFFER_BYTES,
-            packed_num_buffers=PACKED_NUM_BUFFERS))
+        if factory:
+            group(index)  # relays the one update first, then broadcasts
+        else:
+            # The engine receives exactly these tensors in this order (vLLM's NCCLWeightTransferUpdateInfo).
+            relay.update_weights({
+                "names": [n for n, _ in tensors], "dtype_names": [str(t.dtype).removeprefix("torch.") for _, t in tensors],
+                "shapes": [list(t.shape) for _, t in tensors], "packed": packed,
+                "packed_buffer_size_bytes": PACKED_BUFFER_BYTES, "packed_num_buffers": PACKED_NUM_BUFFERS})
+            nccl_engine.NCCLWeightTransferEngine.trainer_send_weights(iter(tensors), nccl_engine.NCCLTrainerSendWeightsArgs(
+                group=group, packed=packed, packed_buffer_size_bytes=PACKED_BUFFER_BYTES,
+                packed_num_buffers=PACKED_NUM_BUFFERS))
         torch.cuda.synchronize()  # the broadcast is queued on streams: done means received
         _say(out, _pushed(index))
 

@@ -36,6 +36,8 @@ from vllm.distributed.weight_transfer.base import (WeightTransferEngine, WeightT
                                                    WeightTransferUpdateInfo)
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
 
+from bench_pause import vllm_compat
+
 BACKEND = "bench_shm"
 
 
@@ -63,12 +65,12 @@ class SharedMemoryWeightTransferEngine(WeightTransferEngine[ShmInitInfo, ShmUpda
     # gives each layer back its loading layout (a CPU linear repacks its weight after
     # loading; loading into the packed one fails) and re-processes it once loaded.
     def start_weight_update(self) -> None:
-        from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
-        initialize_layerwise_reload(self.model)
+        start, _ = vllm_compat.reload_hooks()
+        start(self.model)
 
     def finish_weight_update(self) -> None:
-        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
-        finalize_layerwise_reload(self.model, self.model_config)
+        _, finish = vllm_compat.reload_hooks()
+        finish(self.model, self.model_config, getattr(self, "device", None))  # 0.26's base keeps none
 
     def receive_weights(self, update_info: ShmUpdateInfo) -> None:
         from safetensors import safe_open

@@ -98,6 +98,44 @@ def check_weight_transfer() -> None:
         raise VllmError(f"vLLM {vllm_version()}: its weight-transfer registry takes no new backend")
 
 
+# Trainer-side weight-transfer APIs of a backend: a static ``trainer_send_weights`` (IPC to
+# 0.26, NCCL to 0.27), or ``WeightTransferTrainerFactory.trainer_init`` returning an engine
+# that sends (IPC from 0.27, NCCL from 0.28).
+STATIC_API = "static"
+FACTORY_API = "factory"
+
+
+def trainer_api(backend: str) -> str:
+    """Which trainer-side API the installed vLLM has for its weight-transfer ``backend``."""
+    factory = importlib.import_module("vllm.distributed.weight_transfer.factory")
+    registry = getattr(getattr(factory, "WeightTransferTrainerFactory", None), "_registry", {})
+    return FACTORY_API if backend in registry else STATIC_API
+
+
+def engine_init_info(backend: str, packed: bool, rendezvous: dict, buffers: dict) -> dict:
+    """What ``init_weight_transfer_engine`` takes for vLLM's ``backend`` (its workers' init
+    info): the ``rendezvous`` (NCCL's group), and, where the backend has the trainer factory,
+    the transfer's wire parameters, which the static API read from each update instead:
+    ``packed`` (IPC, NCCL) and the packed ``buffers`` (NCCL)."""
+    info = dict(rendezvous)
+    if backend in ("ipc", "nccl") and trainer_api(backend) == FACTORY_API:
+        info["packed"] = packed
+        if backend == "nccl":
+            info.update(buffers)
+    return info
+
+
+def reload_hooks() -> tuple:
+    """vLLM's start and finish of a layerwise weight reload, as ``start(model)`` and
+    ``finish(model, model_config, device)``: the names vLLM's own backends use (0.34 renamed
+    them, finish taking the device; the old ones stay there as layerwise-only aliases)."""
+    reload = importlib.import_module("vllm.model_executor.model_loader.reload")
+    if hasattr(reload, "start_reload"):
+        return reload.start_reload, reload.finish_reload
+    return (reload.initialize_layerwise_reload,
+            lambda model, model_config, device: reload.finalize_layerwise_reload(model, model_config))
+
+
 def check_modes(api: str, modes: list[str], version: str | None = None) -> None:
     """The legacy API has no keep mode; say so before anything starts (``version``: of the
     vLLM that has ``api``, this one's by default)."""
@@ -155,6 +193,29 @@ def preemptions(prometheus_text: str) -> dict[str, float]:
         key = engine.group(1) if engine else "0"
         out[key] = out.get(key, 0.0) + float(m["value"])
     return out
+
+
+_WEIGHT_OPS = re.compile(r'^vllm:rl_weight_update_operation_duration_seconds_(?P<kind>sum|count)'
+                         r'\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)', re.M)
+
+
+def weight_ops(prometheus_text: str) -> dict[str, list[float]]:
+    """vLLM's own timing of each weight-transfer operation, from Prometheus exposition text:
+    ``{operation: [seconds, count]}``, cumulative. Its dev-mode HTTP routes record the
+    histogram ``vllm:rl_weight_update_operation_duration_seconds`` (0.32 has it, 0.26 not);
+    an in-process AsyncLLM records nothing: {}."""
+    out: dict[str, list[float]] = {}
+    for m in _WEIGHT_OPS.finditer(prometheus_text):
+        op = re.search(r'operation="([^"]*)"', m["labels"])
+        if op:
+            out.setdefault(op.group(1), [0.0, 0.0])[m["kind"] == "count"] += float(m["value"])
+    return out
+
+
+def counters(prometheus_text: str) -> dict[str, dict]:
+    """What a measurement reads of vLLM's metrics before and after it (measure): the
+    preemptions per engine and the weight-transfer operations."""
+    return {"preemptions": preemptions(prometheus_text), "weight_ops": weight_ops(prometheus_text)}
 
 
 def on_gpu() -> bool:

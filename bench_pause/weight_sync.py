@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench_pause import trace as tr
+from bench_pause import vllm_compat
 from bench_pause.backends.base import Session, Timeouts
 from bench_pause.scenario import ScenarioError
 
@@ -264,15 +265,18 @@ async def _collective(trainer: Trainer, *calls: Awaitable) -> list:
 async def attach(session: Session, staged: Staged, timeouts: Timeouts) -> None:
     """Set a freshly started engine up for pushes (vLLM's ``init_weight_transfer_engine``;
     over NCCL, a new group of the trainer, rank 0, and every worker of this engine)."""
+    backend, packed = TRANSFERS[staged.transfer], staged.transfer.endswith("_packed")
+    buffers = {"packed_buffer_size_bytes": PACKED_BUFFER_BYTES, "packed_num_buffers": PACKED_NUM_BUFFERS}
     if nccl(staged.transfer):
         init = {"master_address": "127.0.0.1", "master_port": _free_port(),
                 "world_size": 1 + session.info.dp_size * staged.placement.workers}
+        info = vllm_compat.engine_init_info(backend, packed, {**init, "rank_offset": 1}, buffers)
         await asyncio.to_thread(staged.trainer.send, {"init": init})
-        await _collective(staged.trainer,
-                          asyncio.wait_for(session.weight_update("init", {**init, "rank_offset": 1}), timeouts.pause),
+        await _collective(staged.trainer, asyncio.wait_for(session.weight_update("init", info), timeouts.pause),
                           asyncio.to_thread(staged.trainer.read, timeouts.pause))
     else:
-        await asyncio.wait_for(session.weight_update("init", {}), timeouts.pause)
+        info = vllm_compat.engine_init_info(backend, packed, {}, buffers)
+        await asyncio.wait_for(session.weight_update("init", info), timeouts.pause)
     session.weights = EngineWeights(staged)
 
 

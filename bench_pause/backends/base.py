@@ -95,8 +95,10 @@ class Session(abc.ABC):
         ``ids``: record the token ids too (a weight_sync cycle reads them)."""
 
     @abc.abstractmethod
-    async def preemptions(self) -> dict[str, float]:
-        """vLLM's cumulative ``vllm:num_preemptions`` per engine index ({} if unreadable)."""
+    async def counters(self) -> dict[str, dict]:
+        """vLLM's cumulative counters (vllm_compat.counters): ``preemptions`` per engine
+        index, ``weight_ops`` (seconds, count) per weight-transfer operation; each {} if
+        unreadable."""
 
     @abc.abstractmethod
     def admitted(self) -> int:

@@ -61,13 +61,14 @@ class FleetSession(Session):
     async def is_paused(self) -> bool:
         return any(await asyncio.gather(*(s.is_paused() for s in self.servers)))
 
-    async def preemptions(self) -> dict[str, float]:
-        """Each server's counters under its global rank numbers (server * dp_size + rank)."""
+    async def counters(self) -> dict[str, dict]:
+        """Each server's preemptions under its global rank numbers (server * dp_size + rank);
+        no weight operations (a fleet of servers started elsewhere takes no weight_sync)."""
         out: dict[str, float] = {}
-        for k, counts in enumerate(await asyncio.gather(*(s.preemptions() for s in self.servers))):
-            for engine, value in counts.items():
+        for k, counts in enumerate(await asyncio.gather(*(s.counters() for s in self.servers))):
+            for engine, value in counts["preemptions"].items():
                 out[str(k * self.info.dp_size + int(engine))] = value
-        return out
+        return {"preemptions": out, "weight_ops": {}}
 
     def alive(self) -> bool:
         return all(s.alive() for s in self.servers)

@@ -241,9 +241,9 @@ class HttpSession(Session):
         answer = await self._post_json("/collective_rpc", {"method": "bench_pause_idle", "timeout": self.timeouts.pause})
         return list(answer.get("results", []))
 
-    async def preemptions(self) -> dict[str, float]:
+    async def counters(self) -> dict[str, dict]:
         try:
             async with self.client.get(f"{self.url}/metrics", timeout=aiohttp.ClientTimeout(total=5)) as r:
-                return vllm_compat.preemptions(await r.text()) if r.status == 200 else {}
+                return vllm_compat.counters(await r.text() if r.status == 200 else "")
         except (aiohttp.ClientError, asyncio.TimeoutError):
-            return {}
+            return vllm_compat.counters("")

@@ -110,10 +110,10 @@ class OfflineSession(Session):
     async def idle_probe(self) -> list[dict]:
         return list(await self.engine.collective_rpc("bench_pause_idle"))
 
-    async def preemptions(self) -> dict[str, float]:
+    async def counters(self) -> dict[str, dict]:
         # vLLM's Prometheus logger keeps its counters in this process's default registry.
         from prometheus_client import REGISTRY, generate_latest
-        return vllm_compat.preemptions(generate_latest(REGISTRY).decode())
+        return vllm_compat.counters(generate_latest(REGISTRY).decode())
 
     def alive(self) -> bool:
         if self.engine is None or not procs.alive(self._pids):
