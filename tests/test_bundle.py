@@ -52,7 +52,8 @@ def home(tmp_path: Path) -> Path:
 def test_a_runtime_and_the_release_that_pins_it_install_in_any_order(tmp_path, home):
     runtime = _parts(tmp_path, "torch-9.9.9", "runtime.tar.xz", {"torch/__init__.py": "__version__ = '9.9.9'\n"},
                      "kind=torch", "version=9.9.9", "libs=none")
-    release = _parts(tmp_path, "v1.2.3", "vllm.tar.xz", {"vllm/__init__.py": "__version__ = '1.2.3'\n"},
+    release = _parts(tmp_path, "v1.2.3", "vllm.tar.xz", {"vllm/__init__.py": "__version__ = '1.2.3'\n",
+                                                         "dsl/dsl_packages/cute/__init__.py": ""},
                      "kind=vllm", "version=1.2.3", "torch=9.9.9")
     assert len(runtime) == len(release) == 2
     # The release's parts first: it installs, and says the runtime it pins is still to come.
@@ -60,7 +61,8 @@ def test_a_runtime_and_the_release_that_pins_it_install_in_any_order(tmp_path, h
     done = _receive(release[0], home)
     assert done.returncode == 0 and "runs once the torch 9.9.9 runtime is received too" in done.stdout, done
     env = (home / "vllm-1.2.3" / "env.sh").read_text()
-    assert f"export PYTHONPATH={home}/vllm-1.2.3:{home}/torch-9.9.9\n" in env and "VLLM_USE_FLASHINFER_SAMPLER=0" in env
+    # The CuTe DSL's own folder (its .pth puts it on sys.path in site-packages alone), then the runtime.
+    assert f"export PYTHONPATH={home}/vllm-1.2.3:{home}/vllm-1.2.3/dsl/dsl_packages:{home}/torch-9.9.9\n" in env and "VLLM_USE_FLASHINFER_SAMPLER=0" in env
     for part in runtime:
         assert _receive(part, home).returncode == 0
     assert (home / "torch-9.9.9" / "READY").exists() and (home / "torch-9.9.9" / "torch" / "__init__.py").exists()

@@ -42,8 +42,11 @@ fi
 # The host's own torch, from its metadata (no import): a release pinning another needs its runtime.
 host_torch=$("$PY" -c "import importlib.metadata as m; print(m.version('torch').split('+')[0])" 2>/dev/null || echo none)
 path=$T
+# A package whose .pth file puts its own folder on sys.path (the CuTe DSL: its dsl_packages)
+# needs it on PYTHONPATH here: Python reads .pth files in site-packages alone.
+for d in "$T"/*/dsl_packages; do [ -d "$d" ] && path=$path:$d; done
 if [ -n "$torch" ] && [ "$torch" != "$host_torch" ]; then
-  path=$T:$HOME_DIR/torch-$torch
+  path=$path:$HOME_DIR/torch-$torch
   [ -f "$HOME_DIR/torch-$torch/READY" ] || echo "vllm $version pins torch $torch (this host has $host_torch):" \
     "it runs once the torch $torch runtime is received too (tools/vllm-bundle/make-runtime $torch)"
 fi
