@@ -82,6 +82,9 @@ Definitions (client clock unless the name says ``engine``):
   running requests; a waiting one is held like in keep), or, in abort mode, not yet in
   the engine when it aborted.
 - ``tokens_expected``, ``tokens_received``, ``finish_reasons``.
+- ``rejected_requests``: requests sent during the pause that the engine refused (finish
+  reason ``rejected``): vLLM 0.33 and later refuse them in abort and wait mode (in-process
+  ``RetryableRequestError``, HTTP 503) where earlier releases held them until the resume.
 - A ``weight_sync`` cycle (NaN in every other): right after the pause returns, the idle
   probe, then a push of a full weight set through vLLM's weight-transfer API, then the hold's
   rest; after the resume one more request is sent, to be served by the new weights.
@@ -135,7 +138,8 @@ from bench_pause.scenario import route
 # servers paused together (per_server, pause_spread_s, worst_server). 4: the weight_sync
 # cycle's metrics. 6: a wait pause's drained tokens delivered after its return are late,
 # not leaked, and the wait contract asks them to finish before the resume call. 7: vLLM's
-# own timing of the push's operations beside the suite's (vllm_sync_*).
+# own timing of the push's operations beside the suite's (vllm_sync_*); arrivals refused
+# during an abort or wait pause (rejected_requests) are that mode's contract on 0.33 on.
 VERSION = 7
 
 # The metrics a benchmark tracks, with their units: what summaries, plots and asv show.
@@ -394,7 +398,10 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
         spread, worst_server = max(server_pauses) - min(server_pauses), int(np.argmax(server_pauses))
 
     received = int(tokens["n_tokens"].sum())
-    expected = (concurrency + n_arrivals + len(checks)) * max_tokens
+    # Arrivals the engine refused (abort and wait on 0.33 on: their contract) are owed no token.
+    rejected = [r for r in arrivals if finishes.get(r, (0, ""))[1] == tr.REJECTED]
+    admitted_arrivals = [r for r in arrivals if r not in rejected]
+    expected = (concurrency + n_arrivals - (len(rejected) if mode != "keep" else 0) + len(checks)) * max_tokens
     per_request = tokens.groupby("request")["n_tokens"].sum()
     reasons = Counter(reason for _, reason in finishes.values())
     everyone_finished = all(r in finishes for r in [*originals, *arrivals, *checks])
@@ -426,9 +433,9 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
         ok = leak == 0 and everyone_finished and served([*originals, *arrivals])
     elif mode == "abort":  # a request that reached the engine only after the abort is held
         ok = (leak == 0 and everyone_finished and all(finishes[r][1] == "abort" for r in in_flight)
-              and served([*held, *arrivals]))
+              and served([*held, *admitted_arrivals]))
     else:  # wait: running requests drain before the pause returns; queued ones are held
-        ok = (leak == 0 and everyone_finished and served([*originals, *arrivals])
+        ok = (leak == 0 and everyone_finished and served([*originals, *admitted_arrivals])
               and all(finishes[r][0] < resume_call or r in held for r in originals))
 
     return {
@@ -460,6 +467,7 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
         "itl_median_s": itl_median,
         "itl_max_s": itl_max,
         "held_requests": len(held),
+        "rejected_requests": len(rejected),
         "tokens_expected": expected,
         "tokens_received": received,
         "finish_reasons": json.dumps(dict(sorted(reasons.items()))),

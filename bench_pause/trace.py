@@ -27,6 +27,9 @@ PAUSE_RETURN = "pause_return"
 RESUME_CALL = "resume_call"
 RESUME_RETURN = "resume_return"
 FINISH = "finish"
+# A FINISH detail of our own: the engine refused the request (vLLM 0.33 on refuses requests
+# sent during an abort or wait pause, with RetryableRequestError in-process, HTTP 503).
+REJECTED = "rejected"
 # Facts recorded beside them: a request's prompt length (detail), all requests submitted
 # during a pause taken in by the engine, the duplicate calls of the edge cycles, and the
 # engine's preemption counters per engine (JSON) before and after the measurement.

@@ -136,6 +136,13 @@ def reload_hooks() -> tuple:
             lambda model, model_config, device: reload.finalize_layerwise_reload(model, model_config))
 
 
+def refusals() -> tuple[type[BaseException], ...]:
+    """What an in-process AsyncLLM raises for a request it refuses while paused (abort and
+    wait mode, 0.33 on: ``RetryableRequestError``); () where it has none (it holds them)."""
+    refused = getattr(importlib.import_module("vllm.exceptions"), "RetryableRequestError", None)
+    return (refused,) if isinstance(refused, type) else ()
+
+
 def check_modes(api: str, modes: list[str], version: str | None = None) -> None:
     """The legacy API has no keep mode; say so before anything starts (``version``: of the
     vLLM that has ``api``, this one's by default)."""

@@ -278,3 +278,20 @@ def test_the_weight_operation_histogram_is_read_off_prometheus_text():
     assert vllm_compat.counters(text) == {"preemptions": {"0": 4.0}, "weight_ops": {"start": [0.0125, 2.0],
                                                                                     "update": [1.5, 6.0]}}
     assert vllm_compat.weight_ops("") == {}
+
+
+@pytest.mark.parametrize("mode", ["abort", "wait", "keep"])
+def test_an_arrival_refused_during_the_pause_is_the_contract_of_abort_and_wait_only(mode):
+    """vLLM 0.33 on refuses a request sent during an abort or wait pause (it held it until
+    the resume before); keep still queues it. One arrival (request 2) sent at 10.100, refused."""
+    if mode == "abort":
+        tokens, finished = KEEP_TOKENS[:5], [(tr.FINISH, 0, 10.020, "abort"), (tr.FINISH, 1, 10.021, "abort")]
+    elif mode == "wait":
+        tokens, finished = WAIT_TOKENS, WAIT_FINISHED
+    else:
+        tokens, finished = KEEP_TOKENS, FINISHED
+    arrival = [(tr.SUBMIT, 2, 10.100, ""), (tr.FINISH, 2, 10.104, tr.REJECTED)]
+    v = metrics.compute(*keep_trace(tokens, finished + arrival), {**SCENARIO, "mode": mode, "arrivals": 1})
+    assert v["rejected_requests"] == 1 and v["leak_tokens"] == 0
+    assert v["ok"] == (mode != "keep")
+    assert v["tokens_expected"] == (3 if mode == "keep" else 2) * 4

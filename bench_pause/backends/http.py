@@ -23,7 +23,7 @@ import aiohttp
 from bench_pause import procs, vllm_compat
 from bench_pause.backends.base import OnCount, Session, SessionInfo, StartupFailed, Timeouts
 from bench_pause.scenario import ScenarioError
-from bench_pause.trace import FINISH, PROMPT, SUBMIT, Trace
+from bench_pause.trace import FINISH, PROMPT, REJECTED, SUBMIT, Trace
 from bench_pause.vllm_compat import EngineConfig
 
 LOG_TAIL_LINES = 25
@@ -69,6 +69,7 @@ class HttpSession(Session):
         self.model_id = model
         self.api = vllm_compat.MODE_API
         self._open_streams = 0
+        self._paused = False  # between a pause call and the return of the resume call
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -161,7 +162,11 @@ class HttpSession(Session):
         finish, seen, prompt_seen = "none", 0, False
         headers = {"X-data-parallel-rank": str(rank)} if rank is not None else None
         trace.event(SUBMIT, request)
+        sent_paused = self._paused
         async with self.client.post(f"{self.url}/v1/completions", json=body, headers=headers) as resp:
+            if resp.status == 503 and sent_paused:  # sent during an abort or wait pause, refused (0.33 on)
+                trace.event(FINISH, request, detail=REJECTED)
+                return
             if resp.status != 200:
                 raise RuntimeError(f"/v1/completions answered {resp.status}: {(await resp.text())[:200]}")
             self._open_streams += 1
@@ -210,11 +215,14 @@ class HttpSession(Session):
 
     async def pause(self, mode: str, clear_cache: bool) -> str:
         await vllm_compat.before_pause()
+        self._paused = True
         return await self._post("/pause", vllm_compat.pause_kwargs(self.api, mode, clear_cache))
 
     async def resume(self) -> str:
         await vllm_compat.before_resume()
-        return await self._post("/resume")
+        answer = await self._post("/resume")
+        self._paused = False
+        return answer
 
     async def is_paused(self) -> bool:
         async with self.client.get(f"{self.url}/is_paused") as r:

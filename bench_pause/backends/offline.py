@@ -12,7 +12,7 @@ import uuid
 
 from bench_pause import procs, vllm_compat
 from bench_pause.backends.base import OnCount, Session, SessionInfo, StartupFailed, Timeouts
-from bench_pause.trace import FINISH, PROMPT, SUBMIT, Trace
+from bench_pause.trace import FINISH, PROMPT, REJECTED, SUBMIT, Trace
 from bench_pause.vllm_compat import EngineConfig
 
 
@@ -23,6 +23,8 @@ class OfflineSession(Session):
         super().__init__(SessionInfo("offline", dp_size, config.model), timeouts)
         self.config = config
         self.api = vllm_compat.pause_api()
+        self.refused = vllm_compat.refusals()
+        self._paused = False  # between a pause call and the return of the resume call
         self.engine = None
         self._pids: set[int] = set()
 
@@ -59,21 +61,26 @@ class OfflineSession(Session):
                                 output_kind=RequestOutputKind.DELTA)
         finish = "none"
         trace.event(SUBMIT, request)
-        prompt_seen = False
-        async for out in self.engine.generate(prompt, params, request_id=f"{uuid.uuid4().hex}-{request}",
-                                              data_parallel_rank=rank):
-            if not prompt_seen and out.prompt_token_ids is not None:
-                trace.event(PROMPT, request, detail=str(len(out.prompt_token_ids)))
-                prompt_seen = True
-            completion = out.outputs[0]
-            n = len(completion.token_ids)
-            if n:
-                m = out.metrics
-                engine_t = getattr(m, "last_token_ts", 0.0) if m is not None else 0.0
-                on_count(request, trace.token(request, n, engine_t or None,
-                                              list(completion.token_ids) if ids else None))
-            if out.finished:
-                finish = str(completion.finish_reason)
+        prompt_seen, sent_paused = False, self._paused
+        try:
+            async for out in self.engine.generate(prompt, params, request_id=f"{uuid.uuid4().hex}-{request}",
+                                                  data_parallel_rank=rank):
+                if not prompt_seen and out.prompt_token_ids is not None:
+                    trace.event(PROMPT, request, detail=str(len(out.prompt_token_ids)))
+                    prompt_seen = True
+                completion = out.outputs[0]
+                n = len(completion.token_ids)
+                if n:
+                    m = out.metrics
+                    engine_t = getattr(m, "last_token_ts", 0.0) if m is not None else 0.0
+                    on_count(request, trace.token(request, n, engine_t or None,
+                                                  list(completion.token_ids) if ids else None))
+                if out.finished:
+                    finish = str(completion.finish_reason)
+        except self.refused:
+            if not sent_paused:
+                raise
+            finish = REJECTED  # sent during an abort or wait pause, refused (0.33 on)
         trace.event(FINISH, request, detail=finish)
 
     def admitted(self) -> int:
@@ -82,12 +89,14 @@ class OfflineSession(Session):
         return vllm_compat.unfinished_requests(self.engine)
 
     async def pause(self, mode: str, clear_cache: bool) -> str:
+        self._paused = True
         await vllm_compat.call_pause(self.engine, self.api, mode, clear_cache)
         return ""
 
     async def resume(self) -> str:
         await vllm_compat.before_resume()
         await self.engine.resume_generation()
+        self._paused = False
         return ""
 
     async def is_paused(self) -> bool:
