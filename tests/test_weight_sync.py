@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 
 import matplotlib.image as mpimg
 import pytest
@@ -238,6 +239,7 @@ def test_offline_push_changes_the_weights_between_pause_and_resume(offline_sessi
         assert v["leak_tokens"] == 0 and v["wrong_weight_tokens"] == 0 and v["new_weight_tokens"] >= 32
         assert v["sync_bytes"] > 1e6 and 0 < v["sync_start_s"] <= v["sync_s"] and v["sync_update_s"] > 0
         assert v["idle_s"] >= 0 and v["dark_s"] > v["sync_s"]
+        assert math.isnan(v["vllm_sync_update_s"])  # an in-process AsyncLLM times no weight operation
     # Pushes alternate: the second starts from what the first loaded, so its old set is checked.
     assert _sets(second)["old"] == _sets(first)["new"] and _sets(second)["set"] != _sets(first)["set"]
 
@@ -251,6 +253,11 @@ def test_http_push_through_the_dev_routes(http_session, measure_on, mode):
     v = m.metrics
     assert v["ok"] and not v["error"], v
     assert v["wrong_weight_tokens"] == 0 and v["new_weight_tokens"] >= 32 and v["sync_s"] > 0
+    # vLLM's server timed the same calls (its histogram): once each, inside the client's figure.
+    updates = json.loads(m.events.loc[m.events["event"] == "sync_update_return", "detail"].iloc[0])["updates"]
+    assert v["vllm_sync_updates"] == updates >= 1
+    for call in ("start", "update", "finish"):
+        assert 0 < v[f"vllm_sync_{call}_s"] <= v[f"sync_{call}_s"], (call, v[f"vllm_sync_{call}_s"], v[f"sync_{call}_s"])
     probe = json.loads(m.events.loc[m.events["event"] == "idle_return", "detail"].iloc[0])
     assert len(probe) == 1 and probe[0]["rank"] == 0 and probe[0]["pid"] != http_session.proc.pid
 

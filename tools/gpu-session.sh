@@ -37,6 +37,12 @@
 #                                             #   GPU 1, NCCL's transport lines in the run's trainer.log)
 #   bash tools/gpu-session.sh idle [MODEL]    # one GPU: tools/idle-probe-check.py (the idle probe
 #                                             #   paused and while generating)
+# Installing on a lent machine (README, "Releases that pin a newer torch"): one call per part,
+# carrying .gpu-bundle/NAME/pN and running its receive.sh: the torch runtime's parts, then the
+# release's; the last call goes on with the first step. Send the first call alone and the
+# rest only once it answered: a machine that does not start refuses every call queued behind
+# it, at 15 s of device time each. ~4 s held per call; a machine idle 30 s is given back, and
+# one can be taken back mid-call: the install is lost with it.
 # A step that resumes (cmp, history) continues from the run directories in the working tree: unpack
 # each call's tarball into the checkout before the next call, since the tree that travels
 # with a call replaces the host's copy (forgetting it once made a call repeat the previous one).
