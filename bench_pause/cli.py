@@ -243,10 +243,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         synced = summary.syncs(runs)
         if len(synced):
             summary.print_table(synced, "weight_sync: each phase, p50 / p90 / max", summary.sync_rows)
-        not_ok = int((~results.measured(runs)["ok"].astype(bool)).sum())
-        if not_ok:
-            progress.say(f"[red]{not_ok} measured pause(s) broke their mode's contract or failed: "
-                         "see runs.parquet[/red]")
+        broken = summary.not_ok_lines(runs)
+        if broken:
+            progress.say("[red]measured pauses that broke their mode's contract or failed, by cell:[/red]")
+            for line in broken:
+                progress.say(f"[red]  {line}[/red]")
     progress.say(f"results in {out}/: runs.parquet tokens.parquet events.parquet meta.json")
     return code
 

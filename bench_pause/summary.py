@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -268,3 +269,39 @@ def print_table(table: pd.DataFrame, title: str, rows_of=rows) -> None:
     if not console.is_terminal:  # a log file: don't squeeze the table into 80 columns
         console = Console(width=260)
     console.print(t)
+
+
+# A known vLLM behaviour that breaks the abort contract as the suite reads it (findings.md).
+HTTP_ABORT_BEFORE_FIRST_TOKEN = ("the known HTTP case: a request aborted before its first token ends without a "
+                                 "finish reason (docs/findings.md, 'Over HTTP, a request aborted before its first "
+                                 "token ends without a finish reason')")
+
+
+def why_not_ok(row: pd.Series) -> str:
+    """Why one measured pause is not ``ok``, in the words of its contract (metrics: ``ok``)."""
+    if isinstance(row.get("error"), str) and row["error"]:
+        return f"error: {row['error']}"
+    if row.get("leak_tokens", 0) > 0:
+        return f"{row['leak_tokens']:g} token(s) leaked through the pause"
+    if row.get("wrong_weight_tokens", 0) > 0:
+        return f"{row['wrong_weight_tokens']:g} token(s) from the wrong weights"
+    reasons = json.loads(row["finish_reasons"]) if isinstance(row.get("finish_reasons"), str) else {}
+    if row["backend"] == "http" and row["mode"] == "abort" and reasons.get("none"):
+        return HTTP_ABORT_BEFORE_FIRST_TOKEN
+    return (f"{row.get('tokens_received', 0):g} of {row.get('tokens_expected', 0):g} tokens, "
+            f"finish reasons {reasons}")
+
+
+def not_ok_lines(runs: pd.DataFrame, most: int = 8) -> list[str]:
+    """The measured pauses that broke their contract, one line per cell and reason (the
+    most frequent first, at most ``most``): what a run's user reads before runs.parquet."""
+    m = measured(runs)
+    bad = m[~m["ok"].astype(bool)] if len(m) else m
+    if not len(bad):
+        return []
+    keys = Counter((Scenario(**{c: r[c] for c in CELL}, repeat=0).label.rsplit(" #", 1)[0], why_not_ok(r))
+                   for _, r in bad.iterrows())
+    lines = [f"{n} x {cell}: {why}" for (cell, why), n in keys.most_common(most)]
+    if len(keys) > most:
+        lines.append(f"... and {len(keys) - most} more cell(s): see runs.parquet (ok, error, finish_reasons)")
+    return lines

@@ -65,3 +65,16 @@ def test_the_first_pause_after_start_is_reported_beside_its_cell():
     assert len(first) == 1
     assert first.iloc[0]["resume_all_s"] == 0.9 and first.iloc[0]["resume_all_s_cell_p50"] == pytest.approx(0.03)
     assert math.isnan(summary.first_pauses(runs_of([0.9])).iloc[0]["resume_all_s_cell_p50"])
+
+
+def test_a_run_says_which_cells_broke_their_contract_and_why():
+    runs = runs_of([0.01] * 4)
+    http = runs.assign(backend="http", mode="abort", measurement=runs["measurement"] + 10)
+    runs.loc[2, ["ok", "leak_tokens"]] = [False, 3]
+    http.loc[1:2, "ok"] = False
+    http["finish_reasons"] = '{"abort": 1, "none": 1}'
+    lines = summary.not_ok_lines(pd.concat([runs, http], ignore_index=True))
+    # The warm-up is no measured pause; the known HTTP abort case points to its finding.
+    assert lines[0].startswith("2 x http dp1 abort @tokens:50 max200 c8 hold1: the known HTTP case")
+    assert lines[1] == "1 x offline dp1 keep @tokens:50 max200 c8 hold1: 3 token(s) leaked through the pause"
+    assert len(lines) == 2 and summary.not_ok_lines(runs_of([0.01] * 3)) == []
