@@ -64,9 +64,13 @@ def now() -> str:
 
 def execution(meta: dict) -> str:
     """``CUDA graphs``, ``eager`` or ``CPU``: from meta.json, or for runs recorded before it
-    said so, from their engine flags (the last of --enforce-eager / --no-enforce-eager)."""
-    if (meta.get("engine") or {}).get("execution"):
-        return meta["engine"]["execution"]
+    said so, from their engine flags (the last of --enforce-eager / --no-enforce-eager);
+    ``unknown`` for a server started elsewhere that did not say."""
+    engine = meta.get("engine")
+    if isinstance(engine, dict) and engine.get("execution"):
+        return engine["execution"]
+    if engine == "unknown" or isinstance(engine, dict) and meta.get("urls"):
+        return "unknown"
     if not meta.get("gpu_count"):
         return "CPU"
     flags = [a for a in meta.get("engine_args") or [] if a in ("--enforce-eager", "--no-enforce-eager")]

@@ -46,11 +46,13 @@ CAPTIONS = {
 def _describe(name: str, info: dict, runs) -> str:
     m = results.measured(runs)
     engines = info.get("engines", [])
-    starts = ", ".join(f"{e['backend']} dp{e['dp_size']} {e.get('startup_s', float('nan')):.0f} s"
+    starts = ", ".join(f"{e['backend']} dp{e['dp_size']} " + (f"{e['startup_s']:.0f} s" if e["startup_s"] is not None
+                                                              else "started elsewhere")
                        for e in engines if "startup_s" in e)
+    args = info.get("engine_args")
     return (f"- **{name}**: vLLM {info.get('vllm_version')} ({info.get('vllm_distribution')}), "
             f"torch {info.get('torch_version')}, {info.get('device')}, model `{Path(str(info.get('model'))).name}`, "
-            f"engine args `{' '.join(info.get('engine_args') or [])}`, profile {info.get('profile') or 'custom'}, "
+            f"engine args `{args if isinstance(args, str) else ' '.join(args or [])}`, profile {info.get('profile') or 'custom'}, "
             f"{len(m)} measured pauses ({int(m['ok'].sum())} ok) plus {int(runs['warmup'].sum())} warm-ups, "
             f"started {info.get('started')}. Engine start-ups: {starts or 'n/a'}.")
 

@@ -289,9 +289,13 @@ async def run(p: Plan, progress: Progress | None = None, stop: asyncio.Event | N
                     outcome.engine_failures.append(f"{backend} dp{dp_size}: {exc}")
                     progress.say(f"[red]{backend} dp {dp_size} engine failed to start:[/red] {exc}")
                     break
-                entry.update(startup_s=session.info.startup_s, retries=session.info.retries, **session.info.extra)
-                if info.get("model") is None:  # a server given by --url: the model it serves
-                    info["model"] = session.info.model
+                entry.update(startup_s=session.info.startup_s if session.launches else None,
+                             retries=session.info.retries, **session.info.extra)
+                if info.get("model") is None:  # a server given by --url: what it reports, else unknown
+                    server = session.info.extra.get("server") or (
+                        session.info.extra.get("servers") or [{}])[0].get("server", {})
+                    info.update(model=server.get("model") or session.info.model or "unknown",
+                                engine=server or "unknown", engine_args="unknown (a server started elsewhere: --url)")
                 write_json(meta_path, info)
                 before = len(queue)
                 try:

@@ -306,6 +306,23 @@ class EngineConfig:
                 "gpu_memory_utilization": ea.gpu_memory_utilization, "max_model_len": ea.max_model_len}
 
 
+def server_summary(vllm_config: dict) -> dict:
+    """What a running server's configuration (its ``/server_info``, JSON) says of how it runs,
+    in the terms of ``EngineConfig.summary``, plus its model, dtype and data parallelism;
+    a key it does not report is left out."""
+    model = vllm_config.get("model_config") or {}
+    load = vllm_config.get("load_config") or {}
+    cache = vllm_config.get("cache_config") or {}
+    parallel = vllm_config.get("parallel_config") or {}
+    device = str((vllm_config.get("device_config") or {}).get("device", ""))
+    out = {"model": model.get("model"), "dtype": model.get("dtype"), "max_model_len": model.get("max_model_len"),
+           "load_format": load.get("load_format"), "gpu_memory_utilization": cache.get("gpu_memory_utilization"),
+           "data_parallel_size": parallel.get("data_parallel_size")}
+    if "enforce_eager" in model:
+        out["execution"] = "CPU" if device == "cpu" else ("eager" if model["enforce_eager"] else "CUDA graphs")
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def _parser() -> object:
     try:
         from vllm.utils.argparse_utils import FlexibleArgumentParser

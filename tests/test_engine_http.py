@@ -92,6 +92,10 @@ def test_url_measures_a_running_server(http_session, tmp_path):
     measured_or_all_missed(runs, "mode")
     meta = results.read_meta(out)
     assert meta["engines"][0]["url"] == http_session.url
+    # What the server reports of itself (/server_info), not a start-up this run never made.
+    assert meta["engines"][0]["startup_s"] is None and meta["engine_args"].startswith("unknown")
+    assert meta["model"] == http_session.info.model and meta["engine"]["execution"] == "CPU"
+    assert meta["engine"]["data_parallel_size"] == 1 and meta["engine"]["load_format"] == "auto"
     # Nothing was launched, so nothing was stopped: the shared server still answers.
     assert http_session.alive()
 

@@ -45,7 +45,7 @@ class SessionInfo:
     backend: str
     dp_size: int
     model: str
-    startup_s: float = float("nan")
+    startup_s: float = float("nan")  # stays NaN for a server started elsewhere (--url)
     retries: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -54,6 +54,8 @@ class Session(abc.ABC):
     """One running engine, measured through one backend."""
 
     backend: str
+    # False for a server someone else started (--url): connecting to it is no start-up.
+    launches = True
     # What a weight_sync push loads next (weight_sync.EngineWeights); set by weight_sync.attach.
     weights = None
 
@@ -79,7 +81,8 @@ class Session(abc.ABC):
             except BaseException:  # an error, Ctrl-C or SIGTERM mid-start: leave no process behind
                 await self.close()
                 raise
-            self.info.startup_s = time.monotonic() - t0
+            if self.launches:
+                self.info.startup_s = time.monotonic() - t0
             return
         raise StartupFailed(f"{self.backend} engine did not start after 2 tries: {last}")
 

@@ -23,6 +23,7 @@ from bench_pause.trace import Trace
 
 class FleetSession(Session):
     backend = "http"
+    launches = False  # servers started elsewhere (--url)
 
     def __init__(self, urls: list[str], dp_size: int, timeouts: Timeouts, log_dir: object) -> None:
         super().__init__(SessionInfo("http", dp_size, ""), timeouts)

@@ -63,6 +63,7 @@ class HttpSession(Session):
         self.config = config
         self.url = url.rstrip("/") if url else None
         self.external = url is not None
+        self.launches = not self.external
         self.log_path = Path(log_dir) / f"server-dp{dp_size}-{os.getpid()}.log"
         self.proc: subprocess.Popen | None = None
         self.client: aiohttp.ClientSession | None = None
@@ -133,7 +134,21 @@ class HttpSession(Session):
                 version = (await r.json()).get("version", "")
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
             pass
-        self.info.extra = {"url": self.url, "server_vllm_version": version}
+        self.info.extra = {"url": self.url, "server_vllm_version": version, "server": await self._server_config()}
+
+    async def _server_config(self) -> dict:
+        """How a server started elsewhere runs, as it reports it (the dev-mode ``/server_info``
+        route): its model, execution, weights, memory share and data parallelism; {} where it
+        does not answer (meta.json then says unknown)."""
+        try:
+            async with self.client.get(f"{self.url}/server_info", params={"config_format": "json"},
+                                       timeout=aiohttp.ClientTimeout(total=10)) as r:
+                config = (await r.json()).get("vllm_config", {}) if r.status == 200 else {}
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return {}
+        if not isinstance(config, dict):
+            return {}
+        return vllm_compat.server_summary(config)
 
     async def _close(self) -> None:
         if self.client is not None:
