@@ -138,7 +138,9 @@ def reload_hooks() -> tuple:
 
 def refusals() -> tuple[type[BaseException], ...]:
     """What an in-process AsyncLLM raises for a request it refuses while paused (abort and
-    wait mode, 0.33 on: ``RetryableRequestError``); () where it has none (it holds them)."""
+    wait mode, 0.33 on: ``RetryableRequestError``; 0.32 has the class, raised for pooling
+    only, and holds such requests); () where it has none. The backends count it as a
+    refusal only for a request sent during a pause."""
     refused = getattr(importlib.import_module("vllm.exceptions"), "RetryableRequestError", None)
     return (refused,) if isinstance(refused, type) else ()
 
