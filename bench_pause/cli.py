@@ -99,6 +99,11 @@ def _add_plot_report(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", type=Path, default=Path("docs"))
     r.add_argument("--title", default="bench-pause results")
     r.add_argument("--include", type=Path, help="a Markdown file placed after the title (findings)")
+    r.add_argument("--answers", type=Path, metavar="RESULTS",
+                   help="open the page with the table of answers, computed from the runs under RESULTS")
+    d = sub.add_parser("docs", help="rebuild every generated page of docs/ from results/ (docs/pages.json)")
+    d.add_argument("--docs", type=Path, default=Path("docs"), help="the docs directory holding pages.json")
+    d.add_argument("--out", type=Path, help="write the pages here instead of over --docs")
     c = sub.add_parser("recompute", help="recompute the metrics of run directories from their traces")
     c.add_argument("run_dirs", nargs="+", type=Path)
 
@@ -182,6 +187,7 @@ START = """start with:
   bench-pause run --profile auto                 measure the host's default grid and model
   bench-pause run --model qwen3-30b-a3b --backend offline http --mode keep --repeats 5
   bench-pause report results/RUN --out docs/     figures and tables from run directories
+  bench-pause docs                               every generated page of docs/ again, from results/
   bench-pause interleave --env new=.venv --env old=.venv-old --out results/cmp -- --profile quick
                                                  versions in interleaved rounds, a fresh engine each
   bench-pause compare results/cmp                regressions, run by run (exit 1 if any)
@@ -337,7 +343,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from bench_pause import report
     dirs = _run_dirs(args.run_dirs)
-    print(f"wrote {report.write(dirs, args.out, title=args.title, include=args.include)}")
+    if args.answers is not None and not args.answers.is_dir():
+        raise ScenarioError(f"--answers {args.answers}: not a directory (give the results directory)")
+    print(f"wrote {report.write(dirs, args.out, title=args.title, include=args.include, answers=args.answers)}")
+    return 0
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    from bench_pause import site
+    site.build(args.docs, Path("."), args.out)
     return 0
 
 
@@ -466,7 +480,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "make-model": cmd_make_model, "plot": cmd_plot, "report": cmd_report,
-            "recompute": cmd_recompute, "compare": cmd_compare, "interleave": cmd_interleave,
+            "docs": cmd_docs, "recompute": cmd_recompute, "compare": cmd_compare, "interleave": cmd_interleave,
             "history": cmd_history}
 
 

@@ -11,7 +11,12 @@
 #   bash tools/gpu-session.sh asv Http        #   model in $MODELS, sweeps kept under results/
 #   bash tools/gpu-session.sh stall           # the MoE resume stall: keep, clear_cache both
 #                                             #   ways, 8 repeats, CUDA graphs and eager ($EXECUTIONS
-#                                             #   picks; $ENGINE_ARGS adds engine flags to both)
+#                                             #   picks; $ENGINE_ARGS adds engine flags to both;
+#                                             #   SUFFIX=-r2 a second engine run). Two releases
+#                                             #   alternated (VLLM_VERSION=A, B, A, B with -r2) and
+#                                             #   moved to DIR/A/r1, DIR/A/r2, DIR/B/... make
+#                                             #   `bench-pause compare DIR/A DIR/B` (0.26.0 vs 0.34.0:
+#                                             #   EXECUTIONS=graphs ENGINE_ARGS="--max-model-len 2048")
 #   bash tools/gpu-session.sh dp2 MODEL       # two GPUs: the dp profile at dp 2 (both backends,
 #                                             #   edge cycles included) for one preset
 #   bash tools/gpu-session.sh dp1             # two GPUs: the gpu profile at dp 1, qwen3-8b on GPU 0
@@ -110,9 +115,9 @@ PY
       [ -n "${ENGINE_ARGS:-}" ] && flags+=(--engine-args "$ENGINE_ARGS")
       timeout $((LIMIT_S / $(wc -w <<< "${EXECUTIONS:-graphs eager}"))) python3 -m bench_pause run --model qwen3-30b-a3b --backend offline --mode keep \
         --clear-cache true false --repeats 8 --concurrency 8 --max-tokens 200 --pause-point tokens:50 --hold 1 \
-        --startup-timeout 300 "${flags[@]}" --out "results/$MACHINE-v$VLLM_VERSION-moe-stall-$execution" 2>&1 | tail -25
+        --startup-timeout 300 "${flags[@]}" --out "results/$MACHINE-v$VLLM_VERSION-moe-stall-$execution${SUFFIX:-}" 2>&1 | tail -25
     done
-    pack stall results/$MACHINE-v$VLLM_VERSION-moe-stall-*
+    pack "stall${SUFFIX:-}" results/$MACHINE-v$VLLM_VERSION-moe-stall-*
     ;;
   dp2)
     model=${2:?dp2 MODEL}

@@ -1,0 +1,71 @@
+"""Numbers quoted in hand-written prose (docs/findings.md), computed from the runs they quote.
+
+Prose says what a result means; its numbers must still come from results/, or they drift
+(issue 31 found several that had). So the prose writes a placeholder and `bench-pause
+report` fills it in:
+
+    {{p50 pause_api_s @ gpu-h100-moe-stall/0.34.0 mode=keep clear_cache=True}}
+
+is the p50 in ms of ``pause_api_s`` over the measured pauses under
+``results/gpu-h100-moe-stall/0.34.0`` with mode keep and clear_cache True. Statistics: p50,
+p90, max, min, sum (a metric ending in ``_s`` is given in ms with one decimal, one ending in
+``_bytes`` in GiB with two, others as they are) and n (how many pauses). A placeholder that names no run, no column or no pause fails the
+report in one line, so a quote can never silently go stale.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench_pause import results
+from bench_pause.scenario import ScenarioError
+
+PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s+(\w+)\s*@\s*(\S+)((?:\s+[\w.]+=\S+)*)\s*\}\}")
+STATS = {"p50": lambda v: float(np.median(v)), "p90": lambda v: float(np.percentile(v, 90)),
+         "max": lambda v: float(np.max(v)), "min": lambda v: float(np.min(v)), "sum": lambda v: float(np.sum(v))}
+
+
+def _pauses(root: Path, where: str, cache: dict) -> pd.DataFrame:
+    if where not in cache:
+        dirs = results.run_dirs(root / where)
+        if not dirs:
+            raise ScenarioError(f"quoted run {where}: no run directory under {root / where}")
+        cache[where] = results.measured(pd.concat([results.load(d)[0] for d in dirs], ignore_index=True))
+    return cache[where]
+
+
+def _match(column: pd.Series, value: str) -> pd.Series:
+    return column.astype(str).str.lower() == value.lower()
+
+
+def value(root: Path, stat: str, metric: str, where: str, filters: str, cache: dict | None = None) -> str:
+    """One placeholder's text."""
+    m = _pauses(root, where, {} if cache is None else cache)
+    for f in filters.split():
+        key, _, want = f.partition("=")
+        if key not in m:
+            raise ScenarioError(f"quoted filter {key}: not a column of {where}/runs.parquet")
+        m = m[_match(m[key], want)]
+    if stat == "n":
+        return str(len(m))
+    if stat not in STATS:
+        raise ScenarioError(f"quoted statistic {stat}: use one of n, {', '.join(STATS)}")
+    if metric not in m:
+        raise ScenarioError(f"quoted metric {metric}: not a column of {where}/runs.parquet")
+    v = m[metric].dropna().to_numpy(float)
+    if not len(v):
+        raise ScenarioError(f"quoted {stat} {metric} @ {where}{filters}: no pause matches")
+    x = STATS[stat](v)
+    if metric.endswith("_s"):
+        return f"{x * 1e3:.1f}"
+    return f"{x / 2**30:.2f}" if metric.endswith("_bytes") else f"{x:g}"
+
+
+def fill(text: str, root: Path) -> str:
+    """``text`` with every placeholder replaced by its number, computed from the runs under ``root``."""
+    cache: dict = {}
+    return PLACEHOLDER.sub(lambda mt: value(Path(root), mt[1], mt[2], mt[3], mt[4], cache), text)
