@@ -117,12 +117,12 @@ def clear_cache(m: pd.DataFrame) -> str:
 
 
 def worst(m: pd.DataFrame) -> str:
-    found = summary.stalls(m)
+    stalled = summary.stalls(m)
     metric = "resume_all_s"
     top = m.loc[m[metric].idxmax()]
     head = (f"worst resume to every request's next token {_ms(top[metric])} ms (keep, clear_cache="
-            f"{bool(top['clear_cache'])}, pause {int(top['pause_index'])} of its engine)")
-    stalled = found.drop_duplicates(["run", "measurement"]) if len(found) else found
+            f"{bool(top['clear_cache'])}, pause {int(top['pause_index']) + 1} of its engine, the first after "
+            "start being pause 1)")
     if not len(stalled):
         return head + f"; no stall in {len(m)} pauses"
     by = stalled.groupby("clear_cache").size().to_dict()

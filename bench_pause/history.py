@@ -472,7 +472,9 @@ def publish(path: Path, out: Path, th: compare.Thresholds = compare.Thresholds()
     comparisons = {c.new.name: c for c in steps(sides, th)}
     checks = calibrate(plan, sides, others, th)
     out = Path(out)
-    figures = plots.plot_history(table, [s.name for s in sides], comparisons, NAMES, out)
+    info = sides[-1].metas[0]
+    setup = f"{info.get('device', '?')}, model {Path(str(info.get('model', '?'))).name}, {' '.join(plan['run_args'])}"
+    figures = plots.plot_history(table, [s.name for s in sides], comparisons, NAMES, out, setup)
     (out / "index.md").write_text(page(plan, sides, table, comparisons, figures[0], th, checks))
     (out / "steps.md").write_text("# Each release against the one before\n\n"
                                   + "".join(compare.markdown(c, th) for c in comparisons.values())

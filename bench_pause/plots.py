@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 # `bench-pause docs` then changes only the figures whose runs changed.
 matplotlib.rcParams["svg.hashsalt"] = "bench-pause"
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402,F401  (matplotlib.ticker.MaxNLocator)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -184,10 +185,11 @@ def _panels(m: pd.DataFrame, metrics: list[tuple[str, str]], groups: Groups,
             found = groups(cell, metric)
             _strip(ax, [(label, values) for label, values, _ in found], [c for *_, c in found], 1e3)
             itl = cell["itl_median_s"].median() * 1e3
-            if reference_itl and not np.isnan(itl):
-                ax.axhline(itl, color="#888888", ls="--", lw=1, label=f"one decode step ({itl:.1f} ms)")
-                ax.legend(fontsize=8, loc="upper left")
-            ax.set_title(f"{title}: {metric.removesuffix('_s').replace('_', ' ')}", fontsize=10)
+            step = ""
+            if reference_itl and not np.isnan(itl):  # named in the title: a legend would hide points
+                ax.axhline(itl, color="#888888", ls="--", lw=1)
+                step = f"\n(dashed: one decode step, {itl:.1f} ms)"
+            ax.set_title(f"{title}: {metric.removesuffix('_s').replace('_', ' ')}{step}", fontsize=10)
             ax.set_ylabel(ylabel)
             ax.grid(axis="y", alpha=0.3)
             if log:  # wait drains whole requests: hundreds of ms beside keep's tens
@@ -217,7 +219,7 @@ def gap(data: Runs, out: Path) -> list[Path]:
     """gap_excess_s and resume_ttft_s of keep pauses by max_tokens and concurrency."""
     def by_length_and_streams(cell: pd.DataFrame, metric: str) -> list[tuple[str, pd.Series, str]]:
         keys = sorted({(int(a), int(b)) for a, b in zip(cell["max_tokens"], cell["concurrency"])})
-        return [(f"{mt} tok x{c}", cell[(cell["max_tokens"] == mt) & (cell["concurrency"] == c)][metric],
+        return [(f"{mt} tok, {c} streams", cell[(cell["max_tokens"] == mt) & (cell["concurrency"] == c)][metric],
                  MODE_COLORS["keep"]) for mt, c in keys]
 
     m = data.plain
@@ -246,7 +248,7 @@ def clear_cache(data: Runs, out: Path) -> list[Path]:
     def by_cache_and_streams(cell: pd.DataFrame, metric: str) -> list[tuple[str, pd.Series, str]]:
         keys = sorted({(bool(a), int(b)) for a, b in zip(cell["clear_cache"], cell["concurrency"])},
                       key=lambda k: (k[1], not k[0]))
-        return [(f"{'clear' if cc else 'keep cache'} x{c}",
+        return [(f"{'clear' if cc else 'keep cache'}, {c} streams",
                  cell[(cell["clear_cache"] == cc) & (cell["concurrency"] == c)][metric], colors[cc])
                 for cc, c in keys]
 
@@ -275,7 +277,7 @@ def stalls(data: Runs, out: Path) -> list[Path]:
     for ax, (title, cell) in zip(axes[0], facets):
         for (run, cc), g in cell.groupby(["run", "clear_cache"]):
             order = g.sort_values(["engine", "pause_index"])
-            x = np.arange(len(order))
+            x = np.arange(1, len(order) + 1)  # numbered from 1, as the Stalls table numbers them
             warm = order["warmup"].astype(bool).to_numpy()
             y = order["resume_all_s"].to_numpy() * 1e3
             label = f"{run}: clear_cache={bool(cc)}"
@@ -288,14 +290,15 @@ def stalls(data: Runs, out: Path) -> list[Path]:
                        label="stall" if hit.any() else None)
         ax.set_yscale("log")
         ax.set_title(f"{title}: keep pauses in engine order", fontsize=10)
-        ax.set_xlabel("nth keep pause of its run and clear_cache value")
+        ax.set_xlabel("nth keep pause of its run and clear_cache value (1: the first after start)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel("resume call to every request's next token (ms, log)")
         ax.grid(axis="y", alpha=0.3, which="both")
         handles, labels = ax.get_legend_handles_labels()
         unique = dict(zip(labels, handles))
         ax.legend(unique.values(), unique.keys(), fontsize=7, loc="upper right")
-    fig.suptitle(f"Every keep pause: stalls (x: > {summary.STALL_FACTOR:g} x the cell's p50 and "
-                 f"> {summary.STALL_MIN_S * 1e3:g} ms beyond it) are shown, not averaged away")
+    fig.suptitle(f"Every keep pause: stalls (x: > {summary.STALL_FACTOR:g} x the p50 of the cell's other pauses "
+                 f"in its run and > {summary.STALL_MIN_S * 1e3:g} ms beyond it) are shown, not averaged away")
     fig.tight_layout()
     return _save(fig, out, "stalls", data)
 
@@ -375,7 +378,7 @@ def dp_size(data: Runs, out: Path) -> list[Path]:
     together, side by side per backend: what the coordinated pause costs as ranks are added.
     Nothing is drawn for runs of one shape."""
     m = data.plain
-    m = m[m["mode"] == "keep"]
+    m = m[(m["mode"] == "keep") & (m["hold_s"] > 0)]  # back-to-back (hold 0) edge cycles apart
     shapes = sorted({(int(d), int(n)) for d, n in zip(m["dp_size"], m["servers"])})
     if len(shapes) < 2:
         return []
@@ -390,7 +393,8 @@ def dp_size(data: Runs, out: Path) -> list[Path]:
             groups = [(f"dp {d}" + (f" x {n} servers" if n > 1 else ""),
                        cell.loc[(cell["dp_size"] == d) & (cell["servers"] == n), metric]) for d, n in shapes]
             _keep_panel(axes[row][col], groups, f"{backend}: {metric.removesuffix('_s').replace('_', ' ')}", ylabel)
-    fig.suptitle("Keep pauses by data-parallel size and number of servers")
+    holds = ", ".join(f"{h:g}" for h in sorted(set(m["hold_s"])))
+    fig.suptitle(f"Keep pauses (clear_cache=True, held {holds} s) by data-parallel size and number of servers")
     fig.tight_layout()
     return _save(fig, out, "dp_size", data)
 
@@ -458,7 +462,7 @@ def plot_versions(sides: list, out: Path) -> list[Path]:
 
 
 def plot_history(table: pd.DataFrame, releases: list[str], comparisons: dict, names: dict[str, str],
-                 out: Path) -> list[Path]:
+                 out: Path, setup: str = "") -> list[Path]:
     """Each timing metric of ``names`` (metric: title) against the release
     (:func:`bench_pause.history.summarize`): per mode the mean over engine runs of the runs'
     p50 (solid) and p90 (dashed) with 95 % CIs, the largest pause (x), and a red ring on a
@@ -481,7 +485,7 @@ def plot_history(table: pd.DataFrame, releases: list[str], comparisons: dict, na
                 xs = np.array([x[r] for r in t["release"]]) + (k - 1) * 0.06
                 for q, style in (("p50", "-"), ("p90", "--")):
                     y, ci = t[q].to_numpy() * 1e3, t[f"{q}_ci"].fillna(0).to_numpy() * 1e3
-                    below = np.minimum(ci, 0.9 * y) if log else ci  # a log axis cannot show a bar below 0
+                    below = np.minimum(ci, 0.9 * y if log else y)  # no time is below 0 (nor a log axis)
                     ax.errorbar(xs, y, yerr=[below, ci], color=color, linestyle=style, marker="o", ms=3,
                                 capsize=2, label=f"{mode} {q}" if row == col == 0 else None)
                 ax.scatter(xs, t["max"] * 1e3, color=color, marker="x", s=14)
@@ -498,9 +502,12 @@ def plot_history(table: pd.DataFrame, releases: list[str], comparisons: dict, na
             ax.set_ylabel("ms")
             ax.grid(axis="y", alpha=0.3)
             ax.set_xticks(range(len(releases)), releases, fontsize=8)
+            if row == len(metrics) - 1:
+                ax.set_xlabel("vLLM release")
     axes[0][0].legend(fontsize=6, ncol=3)
-    fig.suptitle("Pause cost per vLLM release: p50 (solid) and p90 (dashed), mean of engine runs ± 95 % CI; "
-                 "x = largest pause; red ring = step called a regression", fontsize=9)
+    fig.suptitle((f"{setup}\n" if setup else "") + "Pause cost per vLLM release: p50 (solid) and p90 (dashed), "
+                 "mean of engine runs ± 95 % CI (cut at 0); x = largest pause; red ring = step called a regression",
+                 fontsize=9)
     fig.tight_layout()
     return _write(fig, out, "history")
 
@@ -519,8 +526,8 @@ def weight_sync(data: Runs, out: Path) -> list[Path]:
     colors = ["#4c72b0", "#8c8c8c", "#dd8452", "#c44e52", "#937860", "#55a868"]
     height = 1.6 + 0.45 * len(table)
     fig, ax = plt.subplots(figsize=(9, height))
-    labels = [f"{r.sync_transfer} {r.backend} dp{r.dp_size} {r.mode} c{r.concurrency} "
-              f"{'clear' if r.clear_cache else 'keep'} ({r.n})" for r in table.itertuples(index=False)]
+    labels = [f"{r.sync_transfer} {r.backend} dp {r.dp_size} {r.mode} {r.concurrency} streams "
+              f"{'clear' if r.clear_cache else 'keep'} cache ({r.n} cycles)" for r in table.itertuples(index=False)]
     y = np.arange(len(table))
     left = np.zeros(len(table))
     for (metric, name), color in zip(phases, colors):

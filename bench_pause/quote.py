@@ -7,9 +7,10 @@ report` fills it in:
     {{p50 pause_api_s @ gpu-h100-moe-stall/0.34.0 mode=keep clear_cache=True}}
 
 is the p50 in ms of ``pause_api_s`` over the measured pauses under
-``results/gpu-h100-moe-stall/0.34.0`` with mode keep and clear_cache True. Statistics: p50,
-p90, max, min, sum (a metric ending in ``_s`` is given in ms with one decimal, one ending in
-``_bytes`` in GiB with two, others as they are) and n (how many pauses). A placeholder that names no run, no column or no pause fails the
+``results/gpu-h100-moe-stall/0.34.0`` with mode keep and clear_cache True (several paths,
+comma-separated, pool their runs). Statistics: p50, p90, max, min, sum (a metric ending in
+``_s`` in ms with one decimal, one ending in ``_bytes`` in GiB with two, others as they are)
+and n (how many pauses). A placeholder that names no run, no column or no pause fails the
 report in one line, so a quote can never silently go stale.
 """
 
@@ -30,10 +31,14 @@ STATS = {"p50": lambda v: float(np.median(v)), "p90": lambda v: float(np.percent
 
 
 def _pauses(root: Path, where: str, cache: dict) -> pd.DataFrame:
+    """The measured pauses of the runs under each comma-separated path of ``where``."""
     if where not in cache:
-        dirs = results.run_dirs(root / where)
-        if not dirs:
-            raise ScenarioError(f"quoted run {where}: no run directory under {root / where}")
+        dirs = []
+        for part in where.split(","):
+            found = results.run_dirs(root / part)
+            if not found:
+                raise ScenarioError(f"quoted run {part}: no run directory under {root / part}")
+            dirs += found
         cache[where] = results.measured(pd.concat([results.load(d)[0] for d in dirs], ignore_index=True))
     return cache[where]
 

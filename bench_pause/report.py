@@ -6,6 +6,7 @@ Regenerating it needs no engine: only the run directories.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from bench_pause import answers as answers_mod, meta, plots, quote, results, summary
@@ -31,7 +32,8 @@ CAPTIONS = {
     "ranks": "Keep pauses (clear_cache=True) of data-parallel engines, per rank (numbered server by server "
              "where several servers were paused together): pause call to the rank's last token (top) and "
              "resume call to its first token (bottom). A trainer waits for the slowest rank.",
-    "dp_size": "Keep pauses (clear_cache=True) by data-parallel size and number of servers paused together: "
+    "dp_size": "Keep pauses (clear_cache=True, with a hold: the back-to-back edge cycles apart) by data-parallel "
+               "size and number of servers paused together: "
                "pause call to return (top) and resume call to the slowest rank's first token (bottom).",
     "leak": "Tokens delivered between the pause's return and the resume call. A correct engine "
             "delivers none; a leak is drawn in red.",
@@ -50,8 +52,14 @@ def _describe(name: str, info: dict, runs) -> str:
                                                               else "started elsewhere")
                        for e in engines if "startup_s" in e)
     args = info.get("engine_args")
+    model = Path(str(info.get("model"))).name
+    preset = re.fullmatch(r"(.+)-r(\d+)", model)
+    if preset:  # make-model names the generated model by its preset and the preset's revision
+        model += f"` (bench-pause's generated `{preset[1]}` preset, revision {preset[2]})"
+    else:
+        model += "`"
     return (f"- **{name}**: vLLM {info.get('vllm_version')} ({info.get('vllm_distribution')}), "
-            f"torch {info.get('torch_version')}, {info.get('device')}, model `{Path(str(info.get('model'))).name}`, "
+            f"torch {info.get('torch_version')}, {info.get('device')}, model `{model}, "
             f"engine args `{args if isinstance(args, str) else ' '.join(args or [])}`, profile {info.get('profile') or 'custom'}, "
             f"{len(m)} measured pauses ({int(m['ok'].sum())} ok) plus {int(runs['warmup'].sum())} warm-ups, "
             f"started {info.get('started')}. Engine start-ups: {starts or 'n/a'}.")
@@ -90,8 +98,8 @@ def _section(title: str, dirs: list[Path], out: Path) -> list[str]:
               "Times in ms as p50 / p90 / max over the measured pauses of a cell (the first pause after "
               "each engine start is left out here and shown below); `ok` counts the pauses whose mode "
               "contract held; `leak` is the largest number of tokens delivered while paused; `stalls` "
-              f"counts pauses with a metric over {summary.STALL_FACTOR:g} x its cell's p50 and over "
-              f"{summary.STALL_MIN_S * 1e3:g} ms beyond it.", ""]
+              f"counts pauses with a metric over {summary.STALL_FACTOR:g} x the p50 of the other pauses of "
+              f"their cell in their run and over {summary.STALL_MIN_S * 1e3:g} ms beyond it.", ""]
     for d in dirs:
         name = Path(d).name
         lines += [f"#### {name}", "", summary.markdown(summary.cells(data.runs[data.runs["run"] == name]))]
@@ -142,15 +150,23 @@ def _stalls(runs) -> list[str]:
     found = summary.stalls(runs)
     lines = ["### Stalls", ""]
     if not len(found):
-        return lines + ["None: no measured pause was far beyond its cell.", ""]
-    lines += ["Every stalled pause (times in ms): its run, the nth pause on its engine, and what may "
-              "explain it.", "",
-              "| run | engine | pause # | backend | mode | cache | metric | value | cell p50 | preemptions |",
-              "|" + "---|" * 10]
-    for r in found.sort_values("value_s", ascending=False).itertuples(index=False):
-        lines.append(f"| {r.run} | {r.engine} | {r.pause_index} | {r.backend} | {r.mode} | "
-                     f"{'clear' if r.clear_cache else 'keep'} | {r.metric} | {r.value_s * 1e3:.1f} | "
-                     f"{r.cell_p50_s * 1e3:.1f} | {r.preemptions:g} |")
+        return lines + ["None: no measured pause was far beyond the other pauses of its cell.", ""]
+    names = [m.removesuffix("_s").replace("_", " ") for m in summary.STALL_METRICS]
+    lines += ["Every stalled pause, one row each (times in ms): its run, its engine and its number "
+              "in that engine's order (the first after start, the warm-up, is pause 1), and each "
+              "metric beside the p50 of the other measured pauses of its cell in its run (in brackets); "
+              "the stalled metric in bold.", "",
+              "| run | engine | pause | backend | mode | cache | " + " | ".join(names) + " | preemptions |",
+              "|" + "---|" * (7 + len(names))]
+    top = found[[f"{m}_stall" for m in summary.STALL_METRICS]].to_numpy()
+    worst = found[summary.STALL_METRICS].where(top).max(axis=1)
+    for (_, r), _w in sorted(zip(found.iterrows(), worst), key=lambda x: -x[1]):
+        cells = []
+        for m in summary.STALL_METRICS:
+            text = f"{summary.fmt_ms(r[m])} ({summary.fmt_ms(r[m + '_ref'])})"
+            cells.append(f"**{text}**" if r[m + "_stall"] else text)
+        lines.append(f"| {r['run']} | {r['engine']} | {r['pause']} | {r['backend']} | {r['mode']} | "
+                     f"{'clear' if r['clear_cache'] else 'keep'} | " + " | ".join(cells) + f" | {r['preemptions']:g} |")
     return lines + [""]
 
 
@@ -178,7 +194,8 @@ def _answers(root: Path, out: Path) -> list[str]:
             "What users come for, computed by `bench-pause report --answers` from the newest committed runs "
             "that answer each question (p50 / p90 / max over the measured pauses; the first pause after "
             "each engine start is reported on its own). A stall is a pause over "
-            f"{summary.STALL_FACTOR:g} x its cell's p50 and over {summary.STALL_MIN_S * 1e3:g} ms beyond it.", "",
+            f"{summary.STALL_FACTOR:g} x the p50 of the other pauses of its cell in its run and over "
+            f"{summary.STALL_MIN_S * 1e3:g} ms beyond it.", "",
             answers_mod.markdown(answers_mod.answer_all(root), out, root)]
 
 

@@ -20,11 +20,14 @@ from bench_pause.scenario import Scenario
 
 CELL = [c for c in Scenario.columns() if c != "repeat"]
 TIMING = [m for m, unit in HEADLINE.items() if unit == "s"]
-# A stall: a pause whose metric is more than STALL_FACTOR x its cell's p50 AND more than
+# A stall: a pause whose metric is more than STALL_FACTOR x its reference AND more than
 # STALL_MIN_S beyond it. Both, because a ratio alone flags 0.2 ms against 0.03 ms on a
 # fast path (noise a trainer never feels), and an absolute margin alone flags the normal
 # spread of a 2 s wait-mode drain. 100 ms is several decode steps of any model here; the
-# MoE resume stalls seen on GPUs were 0.67-0.94 s against 10-77 ms (FACTS.md).
+# MoE resume stalls seen on GPUs were 0.67-0.94 s against 10-77 ms (FACTS.md). The
+# reference is the median of the OTHER measured pauses of its cell in its run: a cell's own
+# median includes the stall, so a cell of two pauses (0.97 s and 40 ms) could never show
+# one, and pooling runs would judge one engine by another's.
 STALL_FACTOR, STALL_MIN_S = 5.0, 0.100
 STALL_METRICS = ["pause_api_s", "gap_excess_s", "resume_ttft_s", "resume_all_s"]
 
@@ -45,26 +48,39 @@ def _tails(grouped: "pd.core.groupby.DataFrameGroupBy", metrics: list[str]) -> p
     return out
 
 
+def _others_median(values: np.ndarray) -> np.ndarray:
+    """Each value's reference: the median of the other values (NaN where there are none)."""
+    if len(values) < 2:
+        return np.full(len(values), np.nan)
+    return np.array([np.median(np.delete(values, i)) for i in range(len(values))])
+
+
 def stalls(runs: pd.DataFrame) -> pd.DataFrame:
-    """Every measured pause with a stalled metric: one row per (pause, metric), with the
-    cell's p50, the value, and the columns that may explain it."""
+    """Every measured pause with a stalled metric: one row per pause, numbered from 1 in its
+    engine's order (the warm-up is pause 1), each STALL_METRIC with its reference and whether
+    it stalled (``METRIC``, ``METRIC_ref``, ``METRIC_stall``), and the columns that may explain it."""
     m = measured(runs)
     if not len(m):
         return pd.DataFrame()
     rows = []
-    for _, cell in m.groupby(CELL, dropna=False, sort=True):
-        for metric in STALL_METRICS:
-            if metric not in cell:
+    by = CELL + (["run"] if "run" in m else [])
+    for _, cell in m.groupby(by, dropna=False, sort=True):
+        judged = {}
+        for metric in (x for x in STALL_METRICS if x in cell):
+            v = cell[metric].to_numpy(float)
+            ok = ~np.isnan(v)
+            ref = np.full(len(v), np.nan)
+            ref[ok] = _others_median(v[ok])
+            judged[metric] = (v, ref, (v > STALL_FACTOR * ref) & (v > ref + STALL_MIN_S))
+        for i, (_, r) in enumerate(cell.iterrows()):
+            if not any(hit[i] for _, _, hit in judged.values()):
                 continue
-            p50 = cell[metric].median()
-            if pd.isna(p50):
-                continue
-            hit = cell[(cell[metric] > STALL_FACTOR * p50) & (cell[metric] > p50 + STALL_MIN_S)]
-            for _, r in hit.iterrows():
-                rows.append({**{c: r[c] for c in CELL}, "run": r.get("run", ""), "measurement": r["measurement"],
-                             "engine": r.get("engine"), "pause_index": r.get("pause_index"), "metric": metric,
-                             "value_s": float(r[metric]), "cell_p50_s": float(p50),
-                             "preemptions": r.get("preemptions", math.nan)})
+            row = {**{c: r[c] for c in CELL}, "run": r.get("run", ""), "measurement": r["measurement"],
+                   "engine": r.get("engine"), "pause": int(r.get("pause_index", -1)) + 1,
+                   "preemptions": r.get("preemptions", math.nan)}
+            for metric, (v, ref, hit) in judged.items():
+                row.update({metric: v[i], f"{metric}_ref": ref[i], f"{metric}_stall": bool(hit[i])})
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -81,8 +97,7 @@ def cells(runs: pd.DataFrame) -> pd.DataFrame:
     out["preemptions_median"] = grouped["preemptions"].median() if "preemptions" in runs else float("nan")
     out = out.reset_index()
     found = stalls(runs)
-    counts = (found.drop_duplicates([*CELL, "run", "measurement"]).groupby(CELL, dropna=False).size()
-              if len(found) else pd.Series(dtype=int))
+    counts = found.groupby(CELL, dropna=False).size() if len(found) else pd.Series(dtype=int)
     out["stalls"] = [int(counts.get(tuple(r), 0)) for r in out[CELL].itertuples(index=False)]
     return out
 
@@ -138,13 +153,14 @@ def ranks(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def ranks_markdown(table: pd.DataFrame) -> str:
-    header = ["backend", "dp", "servers", "mode", "cache", "cycle", "n", "worst-rank quiesce ms",
+    header = ["backend", "dp", "servers", "mode", "pause at", "hold s", "cache", "cycle", "n", "worst-rank quiesce ms",
               "worst-rank resume→tok ms", "slowest rank to resume (pauses)", "server pause spread ms",
               "slowest server (pauses)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in table.itertuples(index=False):
         lines.append("| " + " | ".join([
-            r.backend, str(r.dp_size), str(r.servers), r.mode, "clear" if r.clear_cache else "keep",
+            r.backend, str(r.dp_size), str(r.servers), r.mode, str(r.pause_point), f"{r.hold_s:g}",
+            "clear" if r.clear_cache else "keep",
             r.cycle if r.cycle != "pause" else "", str(r.n), _tail(r, "quiesce_worst_s"),
             _tail(r, "resume_ttft_worst_s"), r.slowest_rank or "-", _tail(r, "pause_spread_s"),
             r.slowest_server or "-"]) + " |")

@@ -111,3 +111,39 @@ def test_a_quote_that_names_nothing_fails(placeholder: str, says: str) -> None:
     from bench_pause.scenario import ScenarioError
     with pytest.raises(ScenarioError, match=says):
         quote.fill(placeholder, ROOT / "results")
+
+
+def _asv_results() -> list[tuple[str, str]]:
+    """(machine, benchmark) for every stored asv result at the benchmark's current version:
+    the ones `asv publish` must draw (an older version it drops, rightly)."""
+    import json
+    bench = json.loads((ROOT / "results" / "asv" / "benchmarks.json").read_text())
+    found = set()
+    for f in (ROOT / "results" / "asv").glob("*/*.json"):
+        if f.name == "machine.json":
+            continue
+        data = json.loads(f.read_text())
+        col = data["result_columns"].index("version")
+        for name, value in data["results"].items():
+            if name in bench and value[col] == bench[name]["version"]:
+                found.add((data["params"]["machine"], name))
+    return sorted(found)
+
+
+def test_the_asv_site_draws_every_stored_benchmark() -> None:
+    graphs = DOCS / "asv" / "graphs"
+    drawn = {(p.parent.name.removeprefix("machine-") if p.parent.name.startswith("machine-") else
+              next(x.name.removeprefix("machine-") for x in p.parents if x.name.startswith("machine-")), p.stem)
+             for p in graphs.rglob("*.json") if "summary" not in p.parts}
+    stored = _asv_results()
+    assert stored, "no stored asv results"
+    assert [s for s in stored if s not in drawn] == [], "run `python -m asv publish` and commit docs/asv"
+    assert not [p for p in graphs.rglob("*") if "null" in p.name], "a machine without arch/cpu/os/ram"
+
+
+def test_the_asv_site_calls_no_history_a_regression() -> None:
+    # A release history is judged by `compare` (its page's verdicts); asv's commit axis is
+    # bench-pause's, and tools/asv-history-newest.py keeps one reading of each history.
+    import json
+    listed = json.loads((DOCS / "asv" / "regressions.json").read_text())["regressions"]
+    assert [r[0] for r in listed if r[0].startswith("history.")] == []

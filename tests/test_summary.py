@@ -43,14 +43,32 @@ def test_cells_show_p50_p90_and_max_of_the_measured_pauses():
 
 
 def test_a_stall_is_counted_and_listed_with_its_pause():
-    # p50 = 20 ms; 0.8 s is > 5 x p50 and > 100 ms beyond: a stall. 0.11 s is > 5 x but
-    # only 90 ms beyond: not one.
+    # The others' p50 = 20 ms; 0.8 s is > 5 x that and > 100 ms beyond: a stall. 0.11 s is
+    # > 5 x but only 90 ms beyond: not one. One row per pause, numbered from 1.
     runs = runs_of([0.01, 0.02, 0.02, 0.02, 0.11, 0.8, 0.02, 0.02], warmup_first=False)
     found = summary.stalls(runs)
     assert list(found["measurement"]) == [5]
     row = found.iloc[0]
-    assert (row["metric"], row["value_s"], row["cell_p50_s"], row["pause_index"]) == ("resume_all_s", 0.8, 0.02, 5)
+    assert (row["resume_all_s"], row["resume_all_s_ref"], row["resume_all_s_stall"], row["pause"]) == (0.8, 0.02, True, 6)
+    assert not row["pause_api_s_stall"]
     assert summary.cells(runs).iloc[0]["stalls"] == 1
+
+
+def test_a_cell_of_two_pauses_can_show_a_stall():
+    # A warm-up, then 0.97 s and 40 ms: each judged against the other, so the 0.97 s stalls
+    # (its cell's own median, 0.505 s, would have hidden it).
+    found = summary.stalls(runs_of([0.5, 0.97, 0.04]))
+    assert list(found["resume_all_s"]) == [0.97] and list(found["resume_all_s_ref"]) == [0.04]
+    assert summary.stalls(runs_of([0.5, 0.97])).empty  # one measured pause: nothing to judge it by
+
+
+def test_stalls_are_judged_within_their_run():
+    # The same cell in two runs: 0.3 s is a stall beside its own run's 20 ms pauses, while
+    # the other run's pauses (all ~0.3 s) are its normal.
+    a = runs_of([0.02, 0.02, 0.02, 0.3], warmup_first=False).assign(run="a")
+    b = runs_of([0.3, 0.31, 0.29, 0.3], warmup_first=False, start=10).assign(run="b")
+    found = summary.stalls(pd.concat([a, b], ignore_index=True))
+    assert list(zip(found["run"], found["measurement"])) == [("a", 3)]
 
 
 def test_no_stall_in_a_tight_cell_or_below_the_absolute_margin():

@@ -103,7 +103,10 @@ PY
     # asv looks the commit up in .git: bring it in when the checkout travelled without it.
     [ -f gpu-commits.bundle ] && git fetch -q gpu-commits.bundle "HEAD:refs/heads/gpu-run" 2>&1 | tail -2
     export BENCH_PAUSE_PROFILE=gpu BENCH_PAUSE_MODELS=$MODELS BENCH_PAUSE_RUN_ARGS="--startup-timeout 240"
-    python3 -m asv machine --yes --machine "$MACHINE" >/dev/null
+    # Named in full: asv's own probe left arch, cpu, os and ram null on a lent H200.
+    python3 -m asv machine --yes --machine "$MACHINE" --arch "$(uname -m)" --os "$(uname -s)" \
+      --num_cpu "$(nproc)" --cpu "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) host, $(nproc) cores (lent)" \
+      --ram "$(awk '/MemTotal/ {print $2 * 1024}' /proc/meminfo)" >/dev/null
     timeout "$LIMIT_S" python3 -m asv run --python=same --launch-method forkserver --machine "$MACHINE" \
       --set-commit-hash "$BENCH_PAUSE_COMMIT" --bench "pause.$bench\." --show-stderr 2>&1 | tail -120
     echo "asv exit ${PIPESTATUS[0]}"
