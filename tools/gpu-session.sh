@@ -205,12 +205,14 @@ PY
     ;;
   fleet)
     model=${2:?fleet MODEL}
-    python3 -m bench_pause make-model --preset "$model" --out "/tmp/$model"
+    # The preset's cached model (named NAME-rREVISION, as every run started by the suite
+    # records it), so the fleet run's report groups with the same model's other runs.
+    path=$(python3 -c "from bench_pause.model import cached_preset; print(cached_preset('$model'))")
     pids=(); urls=()
     for gpu in 0 1; do
       port=$((8100 + gpu)); urls+=("http://127.0.0.1:$port")
       CUDA_VISIBLE_DEVICES=$gpu VLLM_SERVER_DEV_MODE=1 setsid python3 -m vllm.entrypoints.openai.api_server \
-        --host 127.0.0.1 --port $port --model "/tmp/$model" --load-format dummy --seed 0 \
+        --host 127.0.0.1 --port $port --model "$path" --load-format dummy --seed 0 \
         >"/tmp/server-$gpu.log" 2>&1 &
       pids+=($!)
     done
