@@ -19,7 +19,7 @@ from typing import Callable
 
 import pandas as pd
 
-from bench_pause import meta as meta_mod, results, summary
+from bench_pause import compare, history, meta as meta_mod, results, summary
 
 
 @dataclass(frozen=True)
@@ -28,11 +28,7 @@ class Answer:
     answer: str
     setup: str
     runs: list[Path]
-    section: str  # where the page says more: a path, with an anchor, relative to the results root's parent
-
-
-def _ms(value: float) -> str:
-    return summary.fmt_ms(value)
+    section: str  # where the docs say more: a page relative to docs/, or index.md#ANCHOR
 
 
 def tails(values: pd.Series) -> str:
@@ -40,16 +36,12 @@ def tails(values: pd.Series) -> str:
     v = values.dropna()
     if not len(v):
         return "n/a"
-    return f"{_ms(v.median())} / {_ms(summary._p90(v))} / {_ms(v.max())} ms"
+    return f"{summary.fmt_ms(v.median())} / {summary.fmt_ms(summary._p90(v))} / {summary.fmt_ms(v.max())} ms"
 
 
 def anchor(heading: str) -> str:
     """The anchor a Markdown renderer (GitHub's rule) gives a heading."""
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
-
-
-def _release_key(version: str) -> tuple:
-    return tuple(int(x) if x.isdigit() else -1 for x in re.split(r"[.+-]", str(version)))
 
 
 def pick(root: Path, patterns: list[str]) -> list[Path]:
@@ -61,7 +53,7 @@ def pick(root: Path, patterns: list[str]) -> list[Path]:
     if not found:
         return []
     version = {d: _version(d) for _, d in found}
-    newest = max(version.values(), key=_release_key)
+    newest = max(version.values(), key=history.release_key)
     for p in patterns:
         dirs = [d for q, d in found if q == p and version[d] == newest]
         if dirs:
@@ -76,9 +68,10 @@ def _version(path: Path) -> str:
         return str(info["vllm_version"])
     plan = path / "interleave.json"
     if plan.exists():
-        return max((v.get("vllm") or "0" for v in json.loads(plan.read_text())["variants"]), key=_release_key)
+        variants = json.loads(plan.read_text())["variants"]
+        return max((v.get("vllm") or "0" for v in variants), key=history.release_key)
     inner = [d for d in results.run_dirs(path) if d != path]
-    return max((_version(d) for d in inner), key=_release_key) if inner else "0"
+    return max((_version(d) for d in inner), key=history.release_key) if inner else "0"
 
 
 def _runs(dirs: list[Path]) -> tuple[pd.DataFrame, dict]:
@@ -92,8 +85,8 @@ def _runs(dirs: list[Path]) -> tuple[pd.DataFrame, dict]:
 
 def _setup(metas: dict) -> str:
     info = next(iter(metas.values()))
-    return (f"{info.get('device', '?')}, {Path(str(info.get('model', '?'))).name}, vLLM {info.get('vllm_version', '?')}, "
-            f"{meta_mod.execution(info)}")
+    model = Path(str(info.get("model", "?"))).name
+    return f"{info.get('device', '?')}, {model}, vLLM {info.get('vllm_version', '?')}, {meta_mod.execution(info)}"
 
 
 def _keep(m: pd.DataFrame, clear: bool | None = True) -> pd.DataFrame:
@@ -120,7 +113,7 @@ def worst(m: pd.DataFrame) -> str:
     stalled = summary.stalls(m)
     metric = "resume_all_s"
     top = m.loc[m[metric].idxmax()]
-    head = (f"worst resume to every request's next token {_ms(top[metric])} ms (keep, clear_cache="
+    head = (f"worst resume to every request's next token {summary.fmt_ms(top[metric])} ms (keep, clear_cache="
             f"{bool(top['clear_cache'])}, pause {int(top['pause_index']) + 1} of its engine, the first after "
             "start being pause 1)")
     if not len(stalled):
@@ -161,7 +154,6 @@ def weight_sync(m: pd.DataFrame) -> str:
 
 def _moved(c) -> str:
     """What a comparison called a regression: metric, delta and its CI, cell by cell."""
-    from bench_pause import history
     return ", ".join(f"{history.LABELS.get(r['metric'], r['metric'])} {r['delta'] * 1e3:+.1f} ms "
                      f"[{r['ci_low'] * 1e3:.1f}, {r['ci_high'] * 1e3:.1f}]"
                      for _, r in c.regressions.drop_duplicates("metric").iterrows())
@@ -170,8 +162,7 @@ def _moved(c) -> str:
 def _two_releases(d: Path) -> str:
     """A comparison directory of one subdirectory per release (``BASE/r1``, ``NEW/r1``...):
     the oldest against the newest, as `bench-pause compare` decides."""
-    from bench_pause import compare
-    names = sorted((s.name for s in d.iterdir() if s.is_dir() and results.run_dirs(s)), key=_release_key)
+    names = sorted((s.name for s in d.iterdir() if s.is_dir() and results.run_dirs(s)), key=history.release_key)
     base, new = (compare.load_side(results.run_dirs(d / n), n) for n in (names[0], names[-1]))
     c = compare.compare(base, new)
     verdict = f"regressed: {_moved(c)}" if c.regressed else "no regression"
@@ -186,7 +177,6 @@ def _where(info: dict) -> str:
 def regressions(dirs: list[Path]) -> str:
     """Each history's step verdicts and what its calibration shows (the A/A copy and the
     injected delays), as ``history.publish`` computes them; each comparison of two releases."""
-    from bench_pause import compare, history
     said = []
     for d in dirs:
         if not (d / compare.PLAN).exists():
@@ -253,7 +243,7 @@ def answer_all(root: Path) -> list[Answer]:
             continue
         if q.answer is None:
             metas = [results.read_meta(r) for d in dirs for r in results.run_dirs(d)]
-            versions = sorted({str(m.get("vllm_version")) for m in metas}, key=_release_key)
+            versions = sorted({str(m.get("vllm_version")) for m in metas}, key=history.release_key)
             setup = (f"{', '.join(sorted({str(m.get('device')) for m in metas}))}; vLLM {versions[0]} to "
                      f"{versions[-1]}; {', '.join(sorted({meta_mod.execution(m) for m in metas}))}")
             out.append(Answer(q.text, regressions(dirs), setup, dirs, q.page or ""))
