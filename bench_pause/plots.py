@@ -174,7 +174,7 @@ Groups = Callable[[pd.DataFrame, str], list[tuple[str, pd.Series, str]]]
 
 
 def _panels(m: pd.DataFrame, metrics: list[tuple[str, str]], groups: Groups,
-            reference_itl: bool = False, log: bool = False) -> plt.Figure:
+            reference_itl: bool = False, log: bool = False, linear_to_ms: float = 1.0) -> plt.Figure:
     """One column per (backend, dp size), one row per metric, each a box of its groups."""
     facets = _facets(m)
     fig, axes = plt.subplots(len(metrics), max(len(facets), 1), figsize=(4.8 * max(len(facets), 1), 3.7 * len(metrics)),
@@ -193,24 +193,35 @@ def _panels(m: pd.DataFrame, metrics: list[tuple[str, str]], groups: Groups,
             ax.set_ylabel(ylabel)
             ax.grid(axis="y", alpha=0.3)
             if log:  # wait drains whole requests: hundreds of ms beside keep's tens
-                ax.set_yscale("symlog", linthresh=1.0)
+                ax.set_yscale("symlog", linthresh=linear_to_ms, linscale=1 if linear_to_ms <= 1 else 4)
+                if linear_to_ms > 1:  # ticks through the linear part too, where the ms differences are
+                    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(
+                        [linear_to_ms * f for f in (0, 0.25, 0.5, 0.75, 1, 10, 100)]))
+                    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     return fig
 
 
 def time_to_pause(data: Runs, out: Path) -> list[Path]:
-    """pause_api_s and quiesce_s by mode and pause point, per backend and dp size."""
-    def by_mode_and_point(cell: pd.DataFrame, metric: str) -> list[tuple[str, pd.Series, str]]:
-        return [(f"{mode} @{pp}", cell[(cell["mode"] == mode) & (cell["pause_point"] == pp)][metric],
-                 MODE_COLORS[mode])
-                for mode in MODES for pp in sorted(cell["pause_point"].unique())
-                if ((cell["mode"] == mode) & (cell["pause_point"] == pp)).any()]
+    """pause_api_s and quiesce_s by mode, pause point and clear_cache, per backend and dp size.
+    Linear to 100 ms, where keep and abort sit and clearing's ~2 ms shows; log above, where
+    wait's drains do."""
+    m = data.measured
+    m = m[(m["cycle"] == "pause") & (m["arrivals"] == 0)]
 
-    if not len(data.plain):  # only edge or weight_sync cycles: no plain pause to draw
+    def by_mode_point_cache(cell: pd.DataFrame, metric: str) -> list[tuple[str, pd.Series, str]]:
+        keys = sorted({(mode, pp, bool(cc)) for mode, pp, cc in zip(cell["mode"], cell["pause_point"],
+                                                                       cell["clear_cache"])},
+                      key=lambda k: (MODES.index(k[0]), k[1], not k[2]))
+        return [(f"{mode} @{pp}, {'clear' if cc else 'keep cache'}",
+                 cell[(cell["mode"] == mode) & (cell["pause_point"] == pp) & (cell["clear_cache"] == cc)][metric],
+                 MODE_COLORS[mode]) for mode, pp, cc in keys]
+
+    if not len(m):  # only edge or weight_sync cycles: no plain pause to draw
         return []
-    fig = _panels(data.plain, [("pause_api_s", "pause call to return (ms)"),
-                                  ("quiesce_s", "pause call to last token (ms)")], by_mode_and_point,
-                  reference_itl=True, log=True)
-    fig.suptitle("Time to pause, by mode and pause point (points: repeats; log scale above 1 ms)")
+    fig = _panels(m, [("pause_api_s", "pause call to return (ms)"),
+                      ("quiesce_s", "pause call to last token (ms)")], by_mode_point_cache,
+                  reference_itl=True, log=True, linear_to_ms=100.0)
+    fig.suptitle("Time to pause, by mode, pause point and clear_cache (points: repeats; linear to 100 ms, log above)")
     fig.tight_layout()
     return _save(fig, out, "time_to_pause", data)
 

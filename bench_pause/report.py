@@ -15,8 +15,8 @@ CAPTIONS = {
     "timeline": "One typical pause per mode and backend: every token's arrival per request, the "
                 "pause call, its return, the hold (grey), the resume call and the first token after it.",
     "time_to_pause": "How long the pause call takes to return (top) and how long the engine keeps "
-                     "producing tokens after it (bottom), by mode and pause point; the dashed line is "
-                     "one decode step.",
+                     "producing tokens after it (bottom), by mode, pause point and clear_cache, linear to "
+                     "100 ms and log above; the dashed line is one decode step.",
     "gap": "What a keep pause costs beyond the hold: the first request's gap minus the hold (top) and "
            "resume call to the next token (bottom), by request length and concurrency.",
     "clear_cache": "Keep pauses with clear_cache=True (vLLM's default: the running requests are preempted "
