@@ -75,23 +75,18 @@ def _version(path: Path) -> str:
 
 
 def _runs(dirs: list[Path]) -> tuple[pd.DataFrame, dict]:
-    frames, metas = [], {}
-    for d in dirs:
-        runs, _, _, info = results.load(d)
-        frames.append(runs.assign(run=d.name))
-        metas[d.name] = info
-    return results.measured(pd.concat(frames, ignore_index=True)), metas
+    return results.measured(results.load_runs(dirs)), {d.name: results.read_meta(d) for d in dirs}
 
 
 def _setup(metas: dict) -> str:
     info = next(iter(metas.values()))
-    model = Path(str(info.get("model", "?"))).name
-    return f"{info.get('device', '?')}, {model}, vLLM {info.get('vllm_version', '?')}, {meta_mod.execution(info)}"
+    return f"{info.get('device', '?')}, {meta_mod.model_name(info)}, vLLM {info.get('vllm_version', '?')}, {meta_mod.execution(info)}"
 
 
 def _keep(m: pd.DataFrame, clear: bool | None = True) -> pd.DataFrame:
     """Keep pauses of the plain cycle with nothing arriving while paused, and a hold."""
-    k = m[(m["mode"] == "keep") & (m["cycle"] == "pause") & (m["arrivals"] == 0) & (m["hold_s"] > 0)]
+    k = results.plain_cycle(m)
+    k = k[(k["mode"] == "keep") & (k["hold_s"] > 0)]
     return k if clear is None else k[k["clear_cache"].astype(bool) == clear]
 
 
@@ -171,7 +166,7 @@ def _two_releases(d: Path) -> str:
 
 
 def _where(info: dict) -> str:
-    return f"{str(info.get('device', '?')).replace('NVIDIA ', '')} {Path(str(info.get('model', '?'))).name}"
+    return f"{str(info.get('device', '?')).replace('NVIDIA ', '')} {meta_mod.model_name(info)}"
 
 
 def regressions(dirs: list[Path]) -> str:

@@ -32,7 +32,7 @@ import pandas as pd
 
 from bench_pause import compare, stats, vllm_compat
 from bench_pause.interleave import ROOT, Variant, add_variants, finished, read_versions, run_name
-from bench_pause.meta import now
+from bench_pause.meta import model_name, now
 from bench_pause.results import write_json
 from bench_pause.scenario import ScenarioError
 
@@ -473,7 +473,7 @@ def publish(path: Path, out: Path, th: compare.Thresholds = compare.Thresholds()
     checks = calibrate(plan, sides, others, th)
     out = Path(out)
     info = sides[-1].metas[0]
-    setup = f"{info.get('device', '?')}, model {Path(str(info.get('model', '?'))).name}, {' '.join(plan['run_args'])}"
+    setup = f"{info.get('device', '?')}, model {model_name(info)}, {' '.join(plan['run_args'])}"
     figures = plots.plot_history(table, [s.name for s in sides], comparisons, NAMES, out, setup)
     (out / "index.md").write_text(page(plan, sides, table, comparisons, figures[0], th, checks))
     (out / "steps.md").write_text("# Each release against the one before\n\n"

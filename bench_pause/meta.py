@@ -83,9 +83,14 @@ def injected_delays(meta: dict) -> list[str]:
             (("injected_pause_delay_s", "pause"), ("injected_resume_delay_s", "resume")) if meta.get(k)]
 
 
+def model_name(meta: dict) -> str:
+    """The model's directory or id without its path: what every label calls the model."""
+    return Path(str(meta.get("model", "?"))).name
+
+
 def setup_label(meta: dict) -> str:
     """What a figure may not mix: device, vLLM version, model and how the engine runs."""
-    model = Path(str(meta.get("model", "?"))).name
+    model = model_name(meta)
     injected = [f"{delay} (injected)" for delay in injected_delays(meta)]
     return ", ".join([f"{meta.get('device', '?')}, vLLM {meta.get('vllm_version', '?')}, {model}, {execution(meta)}",
                       *injected])

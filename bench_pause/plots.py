@@ -59,7 +59,8 @@ class Runs:
         """The pauses an RL framework makes by default: the normal cycle, vLLM's default
         clear_cache=True, no request arriving while paused. Most figures show these."""
         m = self.measured
-        return m[(m["cycle"] == "pause") & m["clear_cache"].astype(bool) & (m["arrivals"] == 0)]
+        m = results.plain_cycle(self.measured)
+        return m[m["clear_cache"].astype(bool)]
 
     def footer(self) -> str:
         seen = []
@@ -205,8 +206,7 @@ def time_to_pause(data: Runs, out: Path) -> list[Path]:
     """pause_api_s and quiesce_s by mode, pause point and clear_cache, per backend and dp size.
     Linear to 100 ms, where keep and abort sit and clearing's ~2 ms shows; log above, where
     wait's drains do."""
-    m = data.measured
-    m = m[(m["cycle"] == "pause") & (m["arrivals"] == 0)]
+    m = results.plain_cycle(data.measured)
 
     def by_mode_point_cache(cell: pd.DataFrame, metric: str) -> list[tuple[str, pd.Series, str]]:
         keys = sorted({(mode, pp, bool(cc)) for mode, pp, cc in zip(cell["mode"], cell["pause_point"],
@@ -247,8 +247,8 @@ def gap(data: Runs, out: Path) -> list[Path]:
 def clear_cache(data: Runs, out: Path) -> list[Path]:
     """Keep pauses with clear_cache True against False: the resume side, where the
     preempted requests' re-prefill shows. Nothing is drawn for runs with one value."""
-    m = data.measured
-    m = m[(m["mode"] == "keep") & (m["cycle"] == "pause") & (m["arrivals"] == 0)]
+    m = results.plain_cycle(data.measured)
+    m = m[m["mode"] == "keep"]
     # Only cells measured both ways, so that nothing but clear_cache differs between the boxes.
     cell = [c for c in summary.CELL if c != "clear_cache"]
     m = m.groupby(cell, dropna=False).filter(lambda g: g["clear_cache"].nunique() == 2)
@@ -275,9 +275,8 @@ def stalls(data: Runs, out: Path) -> list[Path]:
     """Every keep pause in the order its engine made it: resume call to every request's next
     token, log scale, clear_cache True and False apart, the first pause after each engine
     start drawn hollow. A stall is a point far above its row; nothing is averaged."""
-    runs = data.runs
-    keep = runs[(runs["mode"] == "keep") & (runs["cycle"] == "pause") & (runs["arrivals"] == 0)
-                & ~results.missed(runs) & runs["resume_all_s"].notna()]
+    runs = results.plain_cycle(data.runs)
+    keep = runs[(runs["mode"] == "keep") & ~results.missed(runs) & runs["resume_all_s"].notna()]
     if not len(keep):
         return []
     facets = _facets(keep)
@@ -357,7 +356,8 @@ def first_pause(data: Runs, out: Path) -> list[Path]:
     """The first pause after each engine start (its warm-up, left out of every statistic)
     beside the later pauses of the same mode and clear_cache value: a trainer pays it once
     per engine start, and on MoE engines it has been the slow one."""
-    runs = data.runs[(data.runs["cycle"] == "pause") & (data.runs["arrivals"] == 0) & ~results.missed(data.runs)]
+    runs = results.plain_cycle(data.runs)
+    runs = runs[~results.missed(runs)]
     firsts = runs[runs["warmup"].astype(bool)]
     if not len(firsts):
         return []

@@ -39,7 +39,7 @@ def _pauses(root: Path, where: str, cache: dict) -> pd.DataFrame:
             if not found:
                 raise ScenarioError(f"quoted run {part}: no run directory under {root / part}")
             dirs += found
-        cache[where] = results.measured(pd.concat([results.load(d)[0] for d in dirs], ignore_index=True))
+        cache[where] = results.measured(results.load_runs(dirs))
     return cache[where]
 
 

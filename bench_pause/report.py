@@ -52,7 +52,7 @@ def _describe(name: str, info: dict, runs) -> str:
                                                               else "started elsewhere")
                        for e in engines if "startup_s" in e)
     args = info.get("engine_args")
-    model = Path(str(info.get("model"))).name
+    model = meta.model_name(info)
     preset = re.fullmatch(r"(.+)-r(\d+)", model)
     if preset:  # make-model names the generated model by its preset and the preset's revision
         model += f"` (bench-pause's generated `{preset[1]}` preset, revision {preset[2]})"
@@ -158,9 +158,9 @@ def _stalls(runs) -> list[str]:
               "the stalled metric in bold.", "",
               "| run | engine | pause | backend | mode | cache | " + " | ".join(names) + " | preemptions |",
               "|" + "---|" * (7 + len(names))]
-    top = found[[f"{m}_stall" for m in summary.STALL_METRICS]].to_numpy()
-    worst = found[summary.STALL_METRICS].where(top).max(axis=1)
-    for (_, r), _w in sorted(zip(found.iterrows(), worst), key=lambda x: -x[1]):
+    stalled = found[[f"{m}_stall" for m in summary.STALL_METRICS]].to_numpy()
+    worst_first = found[summary.STALL_METRICS].where(stalled).max(axis=1).sort_values(ascending=False).index
+    for _, r in found.loc[worst_first].iterrows():
         cells = []
         for m in summary.STALL_METRICS:
             text = f"{summary.fmt_ms(r[m])} ({summary.fmt_ms(r[m + '_ref'])})"

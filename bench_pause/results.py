@@ -56,6 +56,17 @@ def measured(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[~runs["warmup"].astype(bool) & ~missed(runs)]
 
 
+def plain_cycle(runs: pd.DataFrame) -> pd.DataFrame:
+    """Pauses of the normal cycle (no edge cycle, no weight sync) with nothing arriving while
+    paused: what most figures and answers are about."""
+    return runs[(runs["cycle"] == "pause") & (runs["arrivals"] == 0)]
+
+
+def load_runs(dirs: list[Path]) -> pd.DataFrame:
+    """The runs.parquet of several run directories as one frame, ``run`` naming each one's."""
+    return pd.concat([load(d)[0].assign(run=Path(d).name) for d in dirs], ignore_index=True)
+
+
 def _with_new_axes(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs recorded before a scenario axis existed ran at its default: fill it in, so
     old and new runs group, compare and resume alike. A headline metric added since is
