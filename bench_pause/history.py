@@ -25,6 +25,7 @@ import math
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +145,7 @@ def environments(releases: list[str], modes: list[str], say=print) -> tuple[list
     cannot with the reason (an install that failed, no pause API, only the legacy API while
     keep mode is asked for)."""
     current = vllm_compat.vllm_version()
-    variants, left_out = [], []
+    variants, left_out, ready = [], [], {}
     for release in releases:
         env, make = environment(release, current)
         if make:
@@ -155,7 +156,12 @@ def environments(releases: list[str], modes: list[str], say=print) -> tuple[list
                 say(f"  {reason}")
                 left_out.append({"release": release, "reason": reason})
                 continue
-        version, api, why = probe(Variant(release, env))
+        ready[release] = env
+    # Side by side: each probe imports vLLM (~20 s a release on a GPU host), paid in device time.
+    with ThreadPoolExecutor(max_workers=max(1, len(ready))) as pool:
+        probed = dict(zip(ready, pool.map(lambda r: probe(Variant(r, ready[r])), ready)))
+    for release, env in ready.items():
+        version, api, why = probed[release]
         try:
             if api is not None:
                 vllm_compat.check_modes(api, modes, version)

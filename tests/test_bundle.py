@@ -5,7 +5,9 @@ make-bundle's and make-runtime's (those download hundreds of MB; the GPU session
 
 from __future__ import annotations
 
+import ctypes
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -95,3 +97,21 @@ def test_a_damaged_part_installs_nothing(tmp_path, home):
     out = _receive(release[1], home)
     assert out.returncode != 0 and "FAILED" in out.stdout + out.stderr
     assert not (home / "vllm-1.0.0" / "env.sh").exists()
+
+
+@pytest.mark.skipif(not all(map(shutil.which, ("cc", "strip", "readelf"))), reason="needs cc and binutils")
+def test_strip_debug_drops_dwarf_and_keeps_the_library_working(tmp_path):
+    """A library built with -g, as triton's libtriton.so ships: strip_debug drops its DWARF
+    sections, and it still loads and computes."""
+    lib = tmp_path / "lib" / "libtwice.so.1"
+    lib.parent.mkdir()
+    (tmp_path / "twice.c").write_text("int twice(int x) { return 2 * x; }\n")
+    subprocess.run(["cc", "-g", "-shared", "-fPIC", "-o", lib, tmp_path / "twice.c"], check=True)
+
+    def sections() -> str:
+        return subprocess.run(["readelf", "-S", lib], capture_output=True, text=True, check=True).stdout
+
+    assert ".debug_info" in sections()
+    subprocess.run(["bash", "-c", f'. "{TOOLS}/common.sh"; strip_debug "$1"', "_", tmp_path], check=True)
+    assert ".debug_info" not in sections() and ".text" in sections()
+    assert ctypes.CDLL(str(lib)).twice(21) == 42

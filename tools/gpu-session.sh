@@ -34,7 +34,8 @@
 #                                             #   CALIBRATE= for the A/A copy alone) injected; resumable,
 #                                             #   call it again (a release installed since joins the
 #                                             #   history: one run in every round). VLLM_BUNDLE_HOME=DIR
-#                                             #   of links to some ~/vllm-X picks fewer releases
+#                                             #   of links to some ~/vllm-X picks fewer releases;
+#                                             #   HISTORY_OUT=results/DIR another history
 #   bash tools/gpu-session.sh weight_sync [MODEL]  # one GPU: the weight_sync cycle (every mode, cache
 #                                             #   both ways) on $BACKENDS (both by default), pushed by
 #                                             #   --transfer $TRANSFER (ipc by default; qwen3-8b by default);
@@ -152,7 +153,8 @@ PY
   history)
     model=${2:-qwen3-8b}
     backends=${BACKENDS:-offline}
-    out="results/$MACHINE-history-${backends// /-}-$model"
+    # HISTORY_OUT names another history (the 0.26.0-0.34.0 one went beside the 0.22.1-0.26.0 one).
+    out=${HISTORY_OUT:-"results/$MACHINE-history-${backends// /-}-$model"}
     # The history goes on from the host's own copy when this machine made the last call (the
     # tree that travels may lack the newest runs: they come back only in the tarball).
     keep="$HOME/bench-pause-keep/$out"
