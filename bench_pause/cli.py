@@ -390,9 +390,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for c in comparisons:
         compare.print_terminal(c, th)
     if args.md:
-        args.md.parent.mkdir(parents=True, exist_ok=True)
-        args.md.write_text("".join(compare.markdown(c, th) for c in comparisons))
-        print(f"wrote {args.md}")
+        print(f"wrote {compare.write_markdown(comparisons, th, args.md)}")
     if args.plot:
         print("wrote " + " ".join(map(str, plots.plot_versions(sides, args.plot))))
     regressed = [c.new.label for c in comparisons if c.regressed]

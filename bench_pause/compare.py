@@ -293,6 +293,14 @@ def markdown(c: Comparison, th: Thresholds) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_markdown(comparisons: list[Comparison], th: Thresholds, path: Path) -> Path:
+    """The comparisons' tables, one after another, in the Markdown file ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(markdown(c, th) for c in comparisons))
+    return path
+
+
 def print_terminal(c: Comparison, th: Thresholds) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -420,10 +420,42 @@ def _joined(plan: dict) -> list[str]:
     return out
 
 
+def neighbours(sides: list[compare.Side], table: pd.DataFrame, others: list[tuple[str, Path]]) -> list[str]:
+    """A line per other history of the same chain (``others``: its page's link and its
+    directory): its releases, where and when, and for each release both measured, the keep
+    pause call's p50 there and here. Histories are measured apart (other machines, other
+    days), so a step is judged within one history only; the shared release shows how far two
+    histories' absolute figures agree."""
+    lines = []
+    here = {s.name for s in sides}
+    for link, path in others:
+        plan = json.loads((Path(path) / compare.PLAN).read_text())
+        theirs, _ = split(plan, compare.comparison_sides(path))
+        if not theirs:
+            continue
+        shared = [s for s in theirs if s.name in here]
+        there = summarize(pd.concat([run_levels(s) for s in shared], ignore_index=True)) if shared else table[:0]
+        said = []
+        for s in shared:
+            for (backend, dp, mode), g in there[(there["release"] == s.name) & (there["metric"] == "pause_api_s")
+                                                & (there["mode"] == "keep")].groupby(compare.GROUP, sort=False):
+                mine = table[(table["release"] == s.name) & (table["metric"] == "pause_api_s") & (table["mode"] == mode)
+                             & (table["backend"] == backend) & (table["dp_size"] == dp)]
+                if len(mine):
+                    said.append(f"{s.name} is in both: its {backend} keep pause call p50 {g['p50'].iloc[0] * 1e3:.2f} ms "
+                                f"there, {mine['p50'].iloc[0] * 1e3:.2f} ms here")
+        info = theirs[-1].metas[0]
+        lines.append(f"See also [vLLM {theirs[0].name} to {theirs[-1].name}]({link}), measured the same way on "
+                     f"{info.get('device', '?')} from {plan.get('created', '?')[:10]}"
+                     + (": " + "; ".join(said) if said else "") + ".")
+    return lines
+
+
 def page(plan: dict, sides: list[compare.Side], table: pd.DataFrame, comparisons: dict[str, compare.Comparison],
-         plot: Path | None, th: compare.Thresholds, checks: list[compare.Comparison] = ()) -> str:
+         plot: Path | None, th: compare.Thresholds, checks: list[compare.Comparison] = (),
+         others: list[str] = ()) -> str:
     """The history page: one table per backend, the step verdicts, the calibration, the
-    releases left out."""
+    releases left out; ``others`` (from :func:`neighbours`) after the opening."""
     info = sides[-1].metas[0]
     lines = [f"# vLLM release history: {info.get('device', '?')}", "",
              f"Releases {', '.join(s.name for s in sides)}, measured with `bench-pause run "
@@ -438,6 +470,8 @@ def page(plan: dict, sides: list[compare.Side], table: pd.DataFrame, comparisons
              "Welch, Holm at family-wise 0.01; a regression must also exceed "
              f"{th.min_delta_s * 1e3:g} ms and {100 * (th.factor - 1):g} %); the full tables of each step are "
              "in [steps.md](steps.md).", ""]
+    if others:
+        lines += [*others, ""]
     if plot:
         lines += [f"![release history]({plot.name})", ""]
     for (backend, dp), g in table.groupby(["backend", "dp_size"], sort=False):
@@ -467,8 +501,10 @@ def page(plan: dict, sides: list[compare.Side], table: pd.DataFrame, comparisons
     return "\n".join(lines) + "\n"
 
 
-def publish(path: Path, out: Path, th: compare.Thresholds = compare.Thresholds()) -> list[Path]:
-    """Write ``out``/index.md, steps.md and history.png/svg for the history in ``path``."""
+def publish(path: Path, out: Path, th: compare.Thresholds = compare.Thresholds(),
+            chain: list[tuple[str, Path]] = ()) -> list[Path]:
+    """Write ``out``/index.md, steps.md and history.png/svg for the history in ``path``;
+    ``chain``: the (link, directory) of the histories it continues or is continued by."""
     from bench_pause import plots
     plan = json.loads((Path(path) / compare.PLAN).read_text())
     sides, others = split(plan, compare.comparison_sides(path))
@@ -481,7 +517,8 @@ def publish(path: Path, out: Path, th: compare.Thresholds = compare.Thresholds()
     info = sides[-1].metas[0]
     setup = f"{info.get('device', '?')}, model {model_name(info)}, {' '.join(plan['run_args'])}"
     figures = plots.plot_history(table, [s.name for s in sides], comparisons, NAMES, out, setup)
-    (out / "index.md").write_text(page(plan, sides, table, comparisons, figures[0], th, checks))
+    (out / "index.md").write_text(page(plan, sides, table, comparisons, figures[0], th, checks,
+                                       neighbours(sides, table, list(chain))))
     (out / "steps.md").write_text("# Each release against the one before\n\n"
                                   + "".join(compare.markdown(c, th) for c in comparisons.values())
                                   + ("# Calibration\n\n" + "".join(compare.markdown(c, th) for c in checks)

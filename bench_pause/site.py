@@ -9,6 +9,7 @@ or one left behind after its runs changed, differs from its rebuild.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,13 +31,21 @@ class Page:
     title: str = "bench-pause results"
     include: str | None = None  # a hand-written Markdown file placed after the title
     answers: str | None = None  # the results directory the table of answers is computed from
+    # A history that goes on from another (its page's path): each page links the other and
+    # shows the release they share measured in both.
+    follows: str | None = None
 
 
 def pages(docs: Path) -> list[Page]:
     path = Path(docs) / PAGES
     if not path.exists():
         raise ScenarioError(f"{path}: no such file (it lists the runs each generated page is made of)")
-    return [Page(**p) for p in json.loads(path.read_text())]
+    listed = [Page(**p) for p in json.loads(path.read_text())]
+    histories = {p.path for p in listed if p.history}
+    for p in listed:
+        if p.follows is not None and (not p.history or p.follows not in histories):
+            raise ScenarioError(f"{path}: {p.path} follows {p.follows!r}, which is not a history page of it")
+    return listed
 
 
 def build(docs: Path, root: Path, out: Path | None = None, say=print) -> list[Path]:
@@ -46,16 +55,19 @@ def build(docs: Path, root: Path, out: Path | None = None, say=print) -> list[Pa
     out = Path(out or docs)
     root = Path(root)
     written = []
-    for page in pages(docs):
+    listed = pages(docs)
+    by_path = {p.path: p for p in listed}
+    for page in listed:
         if page.history:
-            written += history.publish(root / page.history, out / page.path)
+            chain = [by_path[page.follows]] if page.follows in by_path else []
+            chain += [p for p in listed if p.follows == page.path]
+            others = [(os.path.relpath(Path(p.path) / "index.md", page.path), root / p.history) for p in chain]
+            written += history.publish(root / page.history, out / page.path, chain=others)
         elif page.compare:
             sides = [compare.load_side(results.run_dirs(root / p)) for p in page.compare]
-            target = out / page.path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text("".join(compare.markdown(compare.compare(sides[0], new), compare.Thresholds())
-                                      for new in sides[1:]))
-            written.append(target)
+            th = compare.Thresholds()
+            written.append(compare.write_markdown([compare.compare(sides[0], new, th) for new in sides[1:]], th,
+                                                  out / page.path))
         else:
             dirs = [d for r in page.runs for d in results.run_dirs(root / r)]
             missing = [r for r in page.runs if not results.run_dirs(root / r)]

@@ -96,6 +96,22 @@ def test_the_page_is_published_from_recorded_runs(recorded_history, tmp_path):
     assert "0.32.0 (vLLM 0.32.0) vs 0.31.0 (vLLM 0.31.0)" in (tmp_path / "page" / "steps.md").read_text()
 
 
+def test_a_history_page_links_the_history_it_continues_with_their_shared_release(recorded_history, tmp_path):
+    # Two histories of the committed CPU runs that share 0.32.0: each page names the other and
+    # 0.32.0's keep pause call in both, which must be the same runs' figure on both sides.
+    later = _recorded(tmp_path / "later", ("0.32.0",))
+    plan = json.loads((recorded_history / compare.PLAN).read_text())
+    sides, _ = history.split(plan, compare.comparison_sides(recorded_history))
+    table = history.summarize(pd.concat([history.run_levels(s) for s in sides], ignore_index=True))
+    (line,) = history.neighbours(sides, table, [("../later/index.md", later)])
+    p50 = table[(table["release"] == "0.32.0") & (table["metric"] == "pause_api_s") & (table["mode"] == "keep")
+                & (table["backend"] == "offline")]["p50"]
+    assert line.startswith("See also [vLLM 0.32.0 to 0.32.0](../later/index.md), measured the same way on ")
+    assert f"0.32.0 is in both: its offline keep pause call p50 {p50.iloc[0] * 1e3:.2f} ms there, " \
+           f"{p50.iloc[0] * 1e3:.2f} ms here" in line
+    assert "0.31.0 is in both" not in line
+
+
 def test_calibration_variants_are_the_newest_release_again_and_slowed():
     newest = history.Variant("0.26.0", "/root/vllm-0.26.0/env.sh", vllm="0.26.0")
     again, slow = history.calibration(newest, [5])
