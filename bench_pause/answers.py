@@ -193,8 +193,12 @@ def regressions(dirs: list[Path]) -> str:
         for c in injected:
             calib.append(f"{c.new.name} {'found' if c.regressed else 'missed'}")
         backend = ",".join(sorted({str(b) for s in sides for b in s.runs["backend"].unique()}))
+        # With one engine run on a side a step can call nothing: "no regression" would mislead.
+        runs = min(s.n for s in sides)
         said.append(f"{_where(sides[-1].metas[0])} {backend} {sides[0].name} to {sides[-1].name}: "
-                    + (f"regressed at {', '.join(bad)}" if bad else f"no regression in {len(steps)} steps")
+                    + (f"regressed at {', '.join(bad)}" if bad else
+                       f"no verdict yet in {len(steps)} steps ({runs} engine run a release: too few to detect "
+                       "anything)" if runs < 2 else f"no regression in {len(steps)} steps")
                     + (f" (calibration: {', '.join(calib)})" if calib else ""))
     return "; ".join(said)
 

@@ -402,7 +402,9 @@ def _rounds(plan: dict) -> str:
     done = finished(plan)
     full = sum(all(f"{name}/{run_name(i)}" in done for name in names) for i, names in enumerate(plan["order"], 1))
     planned = len(plan["order"])
-    return f"{full} interleaved round(s)" + (f" of the {planned} planned" if full < planned else "")
+    runs = sum(len(names) for names in plan["order"])
+    return f"{full} interleaved round(s)" + (f" of the {planned} planned ({len(done)} of their {runs} runs done)"
+                                             if full < planned else "")
 
 
 def _joined(plan: dict) -> list[str]:
@@ -460,7 +462,7 @@ def page(plan: dict, sides: list[compare.Side], table: pd.DataFrame, comparisons
     lines = [f"# vLLM release history: {info.get('device', '?')}", "",
              f"Releases {', '.join(s.name for s in sides)}, measured with `bench-pause run "
              f"{' '.join(plan['run_args'])}` in {_rounds(plan)}, a fresh engine per release per round "
-             f"(`bench-pause history`). Model `{info.get('model')}`, engine arguments "
+             f"(`bench-pause history`). Model `{model_name(info)}`, engine arguments "
              f"`{' '.join(info.get('engine_args') or [])}`, Python {info.get('python', '?')}; each release "
              "with the torch its wheel pins." + "".join(" " + x for x in _joined(plan)), "",
              "Each cell: **p50 / p90 / max in ms**. p50 and p90 are the mean over engine runs of each run's "
