@@ -52,6 +52,11 @@
 # A step that resumes (cmp, history) continues from the run directories in the working tree: unpack
 # each call's tarball into the checkout before the next call, since the tree that travels
 # with a call replaces the host's copy (forgetting it once made a call repeat the previous one).
+# On a fresh machine only the history call carries the history's directory (the install calls
+# leave all of results/ out: a 63 MB part and a history of a few MB exceed the 64 MiB a call).
+# The 0.26.0-0.34.0 history goes on with: CALIBRATE=5 HISTORY_OUT=results/gpu-h100-history-
+# offline-qwen3-8b-since-0.26 bash tools/gpu-session.sh history (every release of it installed:
+# 50 install calls, ~270 s held; then ~180 s a run on a fresh machine, ~135 s once compiled).
 # Needs vLLM installed from a bundle (tools/vllm-bundle) and BENCH_PAUSE_COMMIT set to the
 # commit the working tree came from when it travels without .git.
 set -uo pipefail
