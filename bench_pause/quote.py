@@ -8,7 +8,7 @@ report` fills it in:
 
 is the p50 in ms of ``pause_api_s`` over the measured pauses under
 ``results/gpu-h100-moe-stall/0.34.0`` with mode keep and clear_cache True (several paths,
-comma-separated, pool their runs). Statistics: p50, p90, max, min, sum (a metric ending in
+comma-separated, pool their runs; a filter's ``a|b`` takes either value). Statistics: p50, p90, max, min, sum (a metric ending in
 ``_s`` in ms with one decimal, one ending in ``_bytes`` in GiB with two, others as they are)
 and n (how many pauses). A placeholder that names no run, no column or no pause fails the
 report in one line, so a quote can never silently go stale.
@@ -44,7 +44,8 @@ def _pauses(root: Path, where: str, cache: dict) -> pd.DataFrame:
 
 
 def _match(column: pd.Series, value: str) -> pd.Series:
-    return column.astype(str).str.lower() == value.lower()
+    """``value``, or any of ``a|b``: a column's rows that say it (case aside)."""
+    return column.astype(str).str.lower().isin(value.lower().split("|"))
 
 
 def value(root: Path, stat: str, metric: str, where: str, filters: str, cache: dict | None = None) -> str:

@@ -98,6 +98,10 @@ def test_quote_fills_numbers_from_the_runs() -> None:
     text = quote.fill(f"{{{{p50 pause_api_s @ {RUN} mode=keep}}}} ms over {{{{n ok @ {RUN} mode=keep}}}}",
                       ROOT / "results")
     assert text == f"{keep['pause_api_s'].median() * 1e3:.1f} ms over {len(keep)}"
+    both = runs[runs["mode"].isin(["keep", "abort"])]
+    assert 0 < len(keep) < len(both) < len(runs)  # the run has wait cycles too
+    assert quote.fill(f"{{{{max quiesce_s @ {RUN} mode=keep|abort}}}}/{{{{n ok @ {RUN} mode=keep|abort}}}}",
+                      ROOT / "results") == f"{both['quiesce_s'].max() * 1e3:.1f}/{len(both)}"
 
 
 @pytest.mark.parametrize("placeholder, says", [
