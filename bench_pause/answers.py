@@ -195,10 +195,13 @@ def regressions(dirs: list[Path]) -> str:
         backend = ",".join(sorted({str(b) for s in sides for b in s.runs["backend"].unique()}))
         # With one engine run on a side a step can call nothing: "no regression" would mislead.
         runs = min(s.n for s in sides)
-        said.append(f"{_where(sides[-1].metas[0])} {backend} {sides[0].name} to {sides[-1].name}: "
-                    + (f"regressed at {', '.join(bad)}" if bad else
-                       f"no verdict yet in {len(steps)} steps ({runs} engine run a release: too few to detect "
-                       "anything)" if runs < 2 else f"no regression in {len(steps)} steps")
+        if bad:
+            verdict = f"regressed at {', '.join(bad)}"
+        elif runs < 2:
+            verdict = f"no verdict yet in {len(steps)} steps ({runs} engine run a release: too few to detect anything)"
+        else:
+            verdict = f"no regression in {len(steps)} steps"
+        said.append(f"{_where(sides[-1].metas[0])} {backend} {sides[0].name} to {sides[-1].name}: {verdict}"
                     + (f" (calibration: {', '.join(calib)})" if calib else ""))
     return "; ".join(said)
 

@@ -199,9 +199,9 @@ def planned(out: Path, releases: list[str]) -> tuple[list[Variant], list[dict], 
     left = {name for r, names in enumerate(plan.get("order", []), 1) for name in names
             if f"{name}/{run_name(r)}" not in done}
     to_run = [v for v in variants if v.name in left]
-    for v, now in zip(to_run, read_versions(to_run)):
-        if now.vllm != v.vllm:
-            raise ScenarioError(f"--resume: {v.name}'s environment {v.env} now holds vLLM {now.vllm}, "
+    for v, found in zip(to_run, read_versions(to_run)):
+        if found.vllm != v.vllm:
+            raise ScenarioError(f"--resume: {v.name}'s environment {v.env} now holds vLLM {found.vllm}, "
                                 f"the plan measured {v.vllm}")
     return variants, plan.get("left_out", []), [r for r in releases if r not in known]
 
@@ -428,6 +428,11 @@ def neighbours(sides: list[compare.Side], table: pd.DataFrame, others: list[tupl
     pause call's p50 there and here. Histories are measured apart (other machines, other
     days), so a step is judged within one history only; the shared release shows how far two
     histories' absolute figures agree."""
+    keys = ["release", *compare.GROUP]
+
+    def keep_call(t: pd.DataFrame) -> pd.DataFrame:
+        return t[(t["metric"] == "pause_api_s") & (t["mode"] == "keep")][[*keys, "p50"]]
+
     lines = []
     here = {s.name for s in sides}
     for link, path in others:
@@ -436,16 +441,12 @@ def neighbours(sides: list[compare.Side], table: pd.DataFrame, others: list[tupl
         if not theirs:
             continue
         shared = [s for s in theirs if s.name in here]
-        there = summarize(pd.concat([run_levels(s) for s in shared], ignore_index=True)) if shared else table[:0]
         said = []
-        for s in shared:
-            for (backend, dp, mode), g in there[(there["release"] == s.name) & (there["metric"] == "pause_api_s")
-                                                & (there["mode"] == "keep")].groupby(compare.GROUP, sort=False):
-                mine = table[(table["release"] == s.name) & (table["metric"] == "pause_api_s") & (table["mode"] == mode)
-                             & (table["backend"] == backend) & (table["dp_size"] == dp)]
-                if len(mine):
-                    said.append(f"{s.name} is in both: its {backend} keep pause call p50 {g['p50'].iloc[0] * 1e3:.2f} ms "
-                                f"there, {mine['p50'].iloc[0] * 1e3:.2f} ms here")
+        if shared:
+            there = summarize(pd.concat([run_levels(s) for s in shared], ignore_index=True))
+            both = keep_call(there).merge(keep_call(table), on=keys, suffixes=("_there", "_here"))
+            said = [f"{r.release} is in both: its {r.backend} keep pause call p50 {r.p50_there * 1e3:.2f} ms "
+                    f"there, {r.p50_here * 1e3:.2f} ms here" for r in both.itertuples()]
         info = theirs[-1].metas[0]
         lines.append(f"See also [vLLM {theirs[0].name} to {theirs[-1].name}]({link}), measured the same way on "
                      f"{info.get('device', '?')} from {plan.get('created', '?')[:10]}"

@@ -58,7 +58,6 @@ class Runs:
     def plain(self) -> pd.DataFrame:
         """The pauses an RL framework makes by default: the normal cycle, vLLM's default
         clear_cache=True, no request arriving while paused. Most figures show these."""
-        m = self.measured
         m = results.plain_cycle(self.measured)
         return m[m["clear_cache"].astype(bool)]
 

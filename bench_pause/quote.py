@@ -8,9 +8,9 @@ report` fills it in:
 
 is the p50 in ms of ``pause_api_s`` over the measured pauses under
 ``results/gpu-h100-moe-stall/0.34.0`` with mode keep and clear_cache True (several paths,
-comma-separated, pool their runs; a filter's ``a|b`` takes either value). Statistics: p50, p90, max, min, sum (a metric ending in
-``_s`` in ms with one decimal, one ending in ``_bytes`` in GiB with two, others as they are)
-and n (how many pauses). A placeholder that names no run, no column or no pause fails the
+comma-separated, pool their runs; a filter's ``a|b`` takes either value). Statistics: p50,
+p90, max, min, sum (a metric ending in ``_s`` in ms with one decimal, one ending in
+``_bytes`` in GiB with two, others as they are) and n (how many pauses). A placeholder that names no run, no column or no pause fails the
 report in one line, so a quote can never silently go stale.
 """
 

@@ -59,7 +59,7 @@ def build(docs: Path, root: Path, out: Path | None = None, say=print) -> list[Pa
     by_path = {p.path: p for p in listed}
     for page in listed:
         if page.history:
-            chain = [by_path[page.follows]] if page.follows in by_path else []
+            chain = [by_path[page.follows]] if page.follows else []  # pages() checked it names a history
             chain += [p for p in listed if p.follows == page.path]
             others = [(os.path.relpath(Path(p.path) / "index.md", page.path), root / p.history) for p in chain]
             written += history.publish(root / page.history, out / page.path, chain=others)
