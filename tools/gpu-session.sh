@@ -71,21 +71,6 @@ card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 |
 MACHINE=gpu-${card:-unknown}
 export BENCH_PAUSE_COMMIT=${BENCH_PAUSE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 
-# The compile caches a release fills on its first engine start (torch.compile, Inductor, Triton,
-# FlashInfer: ~35 s of each ~110 s start-up on the H100). KEEP_CACHE=1 brings them back as
-# $OUT/compile-cache.tgz.NN (15 MiB pieces); unpacked into .compile-cache/ here and carried
-# (carry [.compile-cache], 64 MiB a call), a later machine starts from them.
-cache_dirs=(.cache/vllm .triton/cache .cache/flashinfer)
-restore_compile_cache() {
-  ls .compile-cache/compile-cache.tgz.* >/dev/null 2>&1 || return 0
-  cat .compile-cache/compile-cache.tgz.* | tar -xzf - -C "$HOME" && echo "compile caches restored: $(du -sh "$HOME/.cache/vllm" | cut -f1)"
-}
-save_compile_cache() {
-  mkdir -p "$OUT"
-  (cd "$HOME" && tar -czf - --ignore-failed-read "${cache_dirs[@]}" 2>/dev/null) | split -b 15M -d - "$OUT/compile-cache.tgz."
-  ls -la "$OUT"
-}
-
 pack() {  # pack(name, paths...): one tarball under $OUT
   local name=$1; shift
   mkdir -p "$OUT"
@@ -179,7 +164,6 @@ PY
     # tree that travels may lack the newest runs: they come back only in the tarball).
     keep="$HOME/bench-pause-keep/$out"
     if [ -f "$keep/interleave.json" ]; then mkdir -p "$out" && cp -a "$keep/." "$out/"; fi
-    restore_compile_cache
     # The releases installed; on --resume the history goes on with those it holds (one whose
     # runs are all done need not be installed) and an installed one it lacks joins it.
     resume=(); [ -f "$out/interleave.json" ] && resume=(--resume)
@@ -192,8 +176,6 @@ PY
     echo "history exit ${PIPESTATUS[0]}"
     mkdir -p "$keep" && cp -a "$out/." "$keep/"
     pack history "$out"
-    [ -n "${KEEP_CACHE:-}" ] && save_compile_cache
-    du -sh "${cache_dirs[@]/#/$HOME/}" 2>/dev/null
     ;;
   weight_sync)
     model=${2:-qwen3-8b}
