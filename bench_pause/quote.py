@@ -10,7 +10,9 @@ is the p50 in ms of ``pause_api_s`` over the measured pauses under
 ``results/gpu-h100-moe-stall/0.34.0`` with mode keep and clear_cache True (several paths,
 comma-separated, pool their runs; a filter's ``a|b`` takes either value). Statistics: p50,
 p90, max, min, sum (a metric ending in ``_s`` in ms with one decimal, one ending in
-``_bytes`` in GiB with two, others as they are) and n (how many pauses). A placeholder that names no run, no column or no pause fails the
+``_bytes`` in GiB with two, others as they are; ``digits=N`` among the filters gives N
+decimals), n (how many pauses) and runs (how many
+engine runs they came from: the unit of replication). A placeholder that names no run, no column or no pause fails the
 report in one line, so a quote can never silently go stale.
 """
 
@@ -39,7 +41,9 @@ def _pauses(root: Path, where: str, cache: dict) -> pd.DataFrame:
             if not found:
                 raise ScenarioError(f"quoted run {part}: no run directory under {root / part}")
             dirs += found
-        cache[where] = results.measured(results.load_runs(dirs))
+        # ``run`` names a directory (r01), which repeats across releases: count by path.
+        runs = pd.concat([results.load_runs([d]).assign(run_dir=str(d)) for d in dirs], ignore_index=True)
+        cache[where] = results.measured(runs)
     return cache[where]
 
 
@@ -51,15 +55,21 @@ def _match(column: pd.Series, value: str) -> pd.Series:
 def value(root: Path, stat: str, metric: str, where: str, filters: str, cache: dict | None = None) -> str:
     """One placeholder's text."""
     m = _pauses(root, where, {} if cache is None else cache)
+    digits = None
     for f in filters.split():
         key, _, want = f.partition("=")
+        if key == "digits":
+            digits = int(want)
+            continue
         if key not in m:
             raise ScenarioError(f"quoted filter {key}: not a column of {where}/runs.parquet")
         m = m[_match(m[key], want)]
     if stat == "n":
         return str(len(m))
+    if stat == "runs":
+        return str(m["run_dir"].nunique())
     if stat not in STATS:
-        raise ScenarioError(f"quoted statistic {stat}: use one of n, {', '.join(STATS)}")
+        raise ScenarioError(f"quoted statistic {stat}: use one of n, runs, {', '.join(STATS)}")
     if metric not in m:
         raise ScenarioError(f"quoted metric {metric}: not a column of {where}/runs.parquet")
     v = m[metric].dropna().to_numpy(float)
@@ -67,8 +77,10 @@ def value(root: Path, stat: str, metric: str, where: str, filters: str, cache: d
         raise ScenarioError(f"quoted {stat} {metric} @ {where}{filters}: no pause matches")
     x = STATS[stat](v)
     if metric.endswith("_s"):
-        return f"{x * 1e3:.1f}"
-    return f"{x / 2**30:.2f}" if metric.endswith("_bytes") else f"{x:g}"
+        return f"{x * 1e3:.{1 if digits is None else digits}f}"
+    if metric.endswith("_bytes"):
+        return f"{x / 2**30:.{2 if digits is None else digits}f}"
+    return f"{x:g}" if digits is None else f"{x:.{digits}f}"
 
 
 def fill(text: str, root: Path) -> str:

@@ -102,6 +102,18 @@ def test_quote_fills_numbers_from_the_runs() -> None:
     assert 0 < len(keep) < len(both) < len(runs)  # the run has wait cycles too
     assert quote.fill(f"{{{{max quiesce_s @ {RUN} mode=keep|abort}}}}/{{{{n ok @ {RUN} mode=keep|abort}}}}",
                       ROOT / "results") == f"{both['quiesce_s'].max() * 1e3:.1f}/{len(both)}"
+    assert quote.fill(f"{{{{p50 pause_api_s @ {RUN} mode=keep digits=3}}}}",
+                      ROOT / "results") == f"{keep['pause_api_s'].median() * 1e3:.3f}"
+
+
+def test_quote_counts_engine_runs() -> None:
+    """`runs` counts run directories, not pauses: the history's releases have one per round."""
+    from bench_pause import quote, results
+    where = "gpu-h100-history-offline-qwen3-8b-since-0.26/0.34.0,gpu-h100-history-offline-qwen3-8b-since-0.26/0.26.0"
+    dirs = [d for part in where.split(",") for d in results.run_dirs(ROOT / "results" / part)]
+    assert len(dirs) >= 3
+    assert quote.fill(f"{{{{runs ok @ {where}}}}}", ROOT / "results") == str(len(dirs))
+    assert quote.fill(f"{{{{runs ok @ {where} mode=wait}}}}", ROOT / "results") == str(len(dirs))
 
 
 @pytest.mark.parametrize("placeholder, says", [
