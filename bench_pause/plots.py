@@ -557,9 +557,50 @@ def weight_sync(data: Runs, out: Path) -> list[Path]:
     return _save(fig, out, "weight_sync", data)
 
 
+def sleep(data: Runs, out: Path) -> list[Path]:
+    """What a colocated trainer pays against a disaggregated one: per backend and mode, the
+    pause cycle and the sleep cycles of the same engine side by side, each phase's p50 stacked
+    (the stop call; a split wake's weights; the call that resumes to the first token), the GPU
+    memory the sleep freed beside it; nothing without sleep cycles."""
+    m = data.measured
+    if not len(m) or not (m["cycle"] == "sleep").any():
+        return []
+    m = m[m["cycle"].isin(["pause", "sleep"]) & (m["arrivals"] == 0) & (m["servers"] == 1)]
+    by = ["backend", "dp_size", "mode", "cycle", "sleep_level", "wake", "clear_cache"]
+    table = m.groupby(by, dropna=False, sort=True).agg(
+        n=("ok", "size"), stop=("pause_api_s", "median"), weights=("wake_weights_s", "median"),
+        comeback=("resume_ttft_s", "median"), freed=("mem_freed_bytes", "median")).reset_index()
+    phases = [("stop", "pause or sleep call"), ("weights", "wake: weights (split)"),
+              ("comeback", "resume or last wake call to first token")]
+    colors = ["#4c72b0", "#dd8452", "#55a868"]
+    height = 1.6 + 0.4 * len(table)
+    fig, ax = plt.subplots(figsize=(9, height))
+    labels = [f"{r.backend} dp {r.dp_size} {r.mode}: " + (
+        f"sleep L{r.sleep_level} wake {r.wake}" if r.cycle == "sleep" else f"pause, {'clear' if r.clear_cache else 'keep'} cache")
+        + f" ({r.n})" for r in table.itertuples(index=False)]
+    y = np.arange(len(table))
+    left = np.zeros(len(table))
+    for (column, name), color in zip(phases, colors):
+        width = table[column].fillna(0).to_numpy() * 1e3
+        ax.barh(y, width, left=left, color=color, label=name, height=0.6)
+        left += width
+    for yi, end, r in zip(y, left, table.itertuples(index=False)):
+        if r.cycle == "sleep":
+            ax.text(end, yi, "  freed " + ("n/a (no GPU)" if pd.isna(r.freed) else f"{r.freed / 2**30:.2f} GiB"),
+                    va="center", fontsize=7)
+    ax.set_xlim(0, max(left.max(), 1e-3) * 1.35)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms (p50 of each phase, stacked; the hold left out; (n) measured cycles)")
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=7, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 0.03))
+    ax.set_title("Colocated (sleep, wake_up) against disaggregated (pause, resume), same engine", fontsize=10)
+    fig.tight_layout(rect=(0, 0.75 / height, 1, 1))
+    return _save(fig, out, "sleep", data)
+
+
 FIGURES = {"timeline": timeline, "time_to_pause": time_to_pause, "gap": gap, "clear_cache": clear_cache,
            "stalls": stalls, "first_pause": first_pause, "ranks": ranks, "dp_size": dp_size, "leak": leak,
-           "weight_sync": weight_sync}
+           "weight_sync": weight_sync, "sleep": sleep}
 
 
 def plot_all(dirs: list[Path], out: Path) -> dict[str, list[Path]]:

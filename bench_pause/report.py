@@ -37,6 +37,10 @@ CAPTIONS = {
                "pause call to return (top) and resume call to the slowest rank's first token (bottom).",
     "leak": "Tokens delivered between the pause's return and the resume call. A correct engine "
             "delivers none; a leak is drawn in red.",
+    "sleep": "What a colocated trainer pays against a disaggregated one: per backend and mode, the pause "
+             "cycle and the sleep cycles of the same engine, each phase's p50 stacked (the pause or sleep "
+             "call; a split wake's first call, the weights; from the call that resumes to the first token; "
+             "the hold left out), and beside each sleep the GPU memory it freed (p50).",
     "weight_sync": "Where a weight sync's time goes: each phase's p50 stacked in the order it happens "
                    "(pause call, until the workers are idle, the push's start, update and finish, the "
                    "resume call, until the first token), per backend, mode and cache setting; beside each bar, "
@@ -103,8 +107,21 @@ def _section(title: str, dirs: list[Path], out: Path) -> list[str]:
     for d in dirs:
         name = Path(d).name
         lines += [f"#### {name}", "", summary.markdown(summary.cells(data.runs[data.runs["run"] == name]))]
-    lines += _stalls(data.runs) + _first_pauses(data.runs) + _ranks(data.runs) + _syncs(data.runs)
+    lines += _stalls(data.runs) + _first_pauses(data.runs) + _ranks(data.runs) + _syncs(data.runs) + _sleeps(data.runs)
     return lines
+
+
+def _sleeps(runs) -> list[str]:
+    table = summary.sleeps(runs)
+    if not len(table):
+        return []
+    return ["### Sleep: what a colocated trainer pays and gains", "",
+            "Per sleep cell (times in ms, p50 / p90 / max over its cycles): vLLM's `sleep(level, mode)` call; "
+            "a split wake's first call (the weights back); the `wake_up` that resumes scheduling (the KV cache, "
+            "or everything at once); from it to the first token and to every stream moving again. GiB: the "
+            "GPU memory in use (every process on the engine's GPUs) before the requests, once asleep and "
+            "after every stream ended (p50), and what the sleep freed (p50 and the least of any cycle).", "",
+            summary.markdown(table, summary.sleep_rows)]
 
 
 def _syncs(runs) -> list[str]:

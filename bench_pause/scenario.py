@@ -23,8 +23,18 @@ BACKENDS = ("offline", "http")
 # ``double_pause`` calls pause again while the first pause call is still in progress.
 # (Back to back with no hold is the hold axis at 0.) ``weight_sync`` is what an RL trainer
 # does: pause, push a full set of new weights through vLLM's weight-transfer API, resume
-# (bench_pause.weight_sync); the hold is then the least time paused.
-CYCLES = ("pause", "idle", "double_resume", "double_pause", "weight_sync")
+# (bench_pause.weight_sync); the hold is then the least time paused. ``sleep`` is what a
+# colocated trainer does instead: ``AsyncLLM.sleep(level, mode)`` in place of the pause (the
+# pause mode is the sleep's mode), the hold, then ``wake_up`` in place of the resume.
+CYCLES = ("pause", "idle", "double_resume", "double_pause", "weight_sync", "sleep")
+# vLLM's sleep levels: 0 stops scheduling only; 1 also offloads the weights to host memory
+# and drops the KV cache; 2 drops both (the weights must be pushed again). A sleep at level
+# 1 or 2 clears the prefix cache itself, level 0 does not: a sleep cell's clear_cache is that.
+SLEEP_LEVELS = (0, 1, 2)
+# How the engine is woken: ``all`` in one wake_up call; ``split``: the weights first, then
+# the KV cache (verl's order: a trainer pushes weights between the two). Only ``all`` at
+# level 0, which has nothing to bring back.
+WAKES = ("all", "split")
 
 
 class ScenarioError(ValueError):
@@ -93,6 +103,8 @@ class Scenario:
     arrivals: int = 0
     cycle: str = "pause"
     servers: int = 1
+    sleep_level: int = 0  # the sleep cycle's level (SLEEP_LEVELS); 0 in every other cycle
+    wake: str = "all"  # and how it wakes (WAKES)
     repeat: int = 0
 
     def __post_init__(self) -> None:
@@ -122,6 +134,21 @@ class Scenario:
             raise ScenarioError(f"servers must be 1, or more with the http backend; got {self.servers}")
         if self.cycle == "weight_sync" and self.servers > 1:
             raise ScenarioError("the weight_sync cycle pushes weights into one server: use --servers 1")
+        if self.sleep_level not in SLEEP_LEVELS:
+            raise ScenarioError(f"unknown sleep level {self.sleep_level}: choose from "
+                                f"{', '.join(map(str, SLEEP_LEVELS))}")
+        if self.wake not in WAKES:
+            raise ScenarioError(f"unknown wake {self.wake!r}: choose from {', '.join(WAKES)}")
+        if self.cycle != "sleep" and (self.sleep_level, self.wake) != (0, "all"):
+            raise ScenarioError("--sleep-level and --wake belong to the sleep cycle: add --cycle sleep")
+        if self.cycle == "sleep":
+            if self.servers > 1:
+                raise ScenarioError("the sleep cycle puts one server to sleep: use one --url")
+            if self.wake == "split" and self.sleep_level == 0:
+                raise ScenarioError("a level-0 sleep has nothing to wake in parts: use --wake all")
+            if self.clear_cache != (self.sleep_level >= 1):
+                raise ScenarioError(f"a level-{self.sleep_level} sleep {'clears' if self.sleep_level else 'keeps'} "
+                                    "the prefix cache itself: its clear_cache is that")
 
     @property
     def point(self) -> PausePoint:
@@ -156,6 +183,7 @@ class Scenario:
             f"max{self.max_tokens} c{self.concurrency} hold{self.hold_s:g}"
             f"{'' if self.clear_cache else ' keepcache'}{f' +{self.arrivals}' if self.arrivals else ''}"
             f"{'' if self.cycle == 'pause' else ' ' + self.cycle}"
+            f"{f' L{self.sleep_level} wake-{self.wake}' if self.cycle == 'sleep' else ''}"
             f"{f' x{self.servers} servers' if self.servers > 1 else ''} #{self.repeat}"
         )
 
@@ -174,6 +202,8 @@ class Grid:
     clear_cache: Sequence[bool] = (True,)
     arrivals: Sequence[int] = (0,)
     cycles: Sequence[str] = ("pause",)
+    sleep_levels: Sequence[int] = (0, 1)  # the sleep cycle's axes; other cycles ignore them
+    wakes: Sequence[str] = WAKES
     repeats: int = 3
     # Further grids measured on the same engines: cells that are not a product of this
     # grid's axes (the edge cycles at hold 0 beside the normal cycle, say) without paying
@@ -194,9 +224,26 @@ class Grid:
             self.concurrency, self.holds, self.clear_cache, self.arrivals, self.cycles, range(self.repeats),
         )
         both = len(set(self.clear_cache)) > 1
-        own = [Scenario(*combo[:-1], repeat=combo[-1])
-               for combo in combos if not (both and combo[2] == "wait" and not combo[7])]
-        return own + [sc for grid in self.also for sc in grid.scenarios() if sc not in own]
+        own: list[Scenario] = []
+        seen: set[Scenario] = set()
+        for combo in combos:
+            if both and combo[2] == "wait" and not combo[7]:
+                continue
+            for sleep in self._sleeps(combo[9]):
+                # A sleep sets its own clear_cache (SLEEP_LEVELS): the axis' values collapse to it.
+                sc = Scenario(*combo[:7], sleep["clear_cache"] if sleep else combo[7], *combo[8:10],
+                              **{k: v for k, v in sleep.items() if k != "clear_cache"}, repeat=combo[10])
+                if sc not in seen:
+                    seen.add(sc)
+                    own.append(sc)
+        return own + [sc for grid in self.also for sc in grid.scenarios() if sc not in seen]
+
+    def _sleeps(self, cycle: str) -> list[dict]:
+        """The sleep axes one cycle is measured at: [{}] outside the sleep cycle."""
+        if cycle != "sleep":
+            return [{}]
+        return [{"sleep_level": level, "wake": wake, "clear_cache": level >= 1}
+                for level in self.sleep_levels for wake in self.wakes if level or wake == "all"]
 
 
 def route(request: int, servers: int, dp_size: int) -> tuple[int, int]:

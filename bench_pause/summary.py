@@ -152,6 +152,15 @@ def ranks(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def cycle_name(r: object) -> str:
+    """A cell's cycle as tables show it: blank for the normal pause, a sleep's level and wake."""
+    if r.cycle == "pause":
+        return ""
+    if r.cycle == "sleep":
+        return f"sleep L{getattr(r, 'sleep_level', 0)} wake {getattr(r, 'wake', 'all')}"
+    return r.cycle
+
+
 def ranks_markdown(table: pd.DataFrame) -> str:
     header = ["backend", "dp", "servers", "mode", "pause at", "hold s", "cache", "cycle", "n", "worst-rank quiesce ms",
               "worst-rank resume→tok ms", "slowest rank to resume (pauses)", "server pause spread ms",
@@ -161,7 +170,7 @@ def ranks_markdown(table: pd.DataFrame) -> str:
         lines.append("| " + " | ".join([
             r.backend, str(r.dp_size), str(r.servers), r.mode, str(r.pause_point), f"{r.hold_s:g}",
             "clear" if r.clear_cache else "keep",
-            r.cycle if r.cycle != "pause" else "", str(r.n), _tail(r, "quiesce_worst_s"),
+            cycle_name(r), str(r.n), _tail(r, "quiesce_worst_s"),
             _tail(r, "resume_ttft_worst_s"), r.slowest_rank or "-", _tail(r, "pause_spread_s"),
             r.slowest_server or "-"]) + " |")
     return "\n".join(lines) + "\n"
@@ -183,6 +192,8 @@ def syncs(runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     if "sync_transfer" not in m:  # runs.parquet written before metrics version 5
         m = m.assign(sync_transfer="shm", trainer_gpu_bytes=float("nan"))
+    else:  # such runs beside newer ones: their rows have none
+        m = m.assign(sync_transfer=m["sync_transfer"].fillna("shm"))
     for column in VLLM_SYNC:  # vLLM's own timing: metrics version 7 on
         if column not in m:
             m = m.assign(**{column: float("nan")})
@@ -229,6 +240,45 @@ def sync_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
+# A sleep cycle in the order it happens (metrics: the sleep definitions).
+SLEEP_PHASES = [("pause_api_s", "sleep"), ("wake_weights_s", "wake weights"), ("resume_api_s", "wake (resumes)"),
+                ("resume_ttft_s", "wake→tok"), ("resume_all_s", "wake→all")]
+SLEEP_MEMORY = ["mem_before_bytes", "mem_asleep_bytes", "mem_after_bytes", "mem_freed_bytes"]
+
+
+def sleeps(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per sleep cell: p50 / p90 / max of each phase, the GPU memory in use before, asleep
+    and after (p50) and what the sleep freed (p50 and the least: the trainer plans for that)."""
+    m = measured(runs)
+    m = m[m["cycle"] == "sleep"] if len(m) else m
+    if not len(m):
+        return pd.DataFrame()
+    grouped = m.groupby(CELL, dropna=False, sort=True)
+    out = _tails(grouped, [name for name, _ in SLEEP_PHASES])
+    for column in SLEEP_MEMORY:
+        out[f"{column}_p50"] = grouped[column].median()
+    out["mem_freed_bytes_min"] = grouped["mem_freed_bytes"].min()
+    return out.reset_index()
+
+
+def sleep_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    header = ["backend", "dp", "mode", "level", "wake", "conc", "ok", *[f"{label} ms" for _, label in SLEEP_PHASES],
+              "GiB before", "GiB asleep", "GiB after", "GiB freed (p50, least)"]
+    body = []
+    for r in table.itertuples(index=False):
+        gib = [fmt_gib(getattr(r, f"{c}_p50")) for c in SLEEP_MEMORY[:3]]
+        freed = "-" if pd.isna(r.mem_freed_bytes_p50) else \
+            f"{fmt_gib(r.mem_freed_bytes_p50)}, {fmt_gib(r.mem_freed_bytes_min)}"
+        body.append([r.backend, str(r.dp_size), r.mode, str(r.sleep_level), r.wake, str(r.concurrency),
+                     f"{r.ok}/{r.n}", *[_tail(r, name) for name, _ in SLEEP_PHASES], *gib, freed])
+    return header, body
+
+
+def fmt_gib(value: float) -> str:
+    """Bytes as GiB with two decimals, "-" for NaN."""
+    return "-" if pd.isna(value) else f"{value / 2**30:.2f}"
+
+
 def fmt_ms(value: float) -> str:
     """Seconds as milliseconds with one decimal, "-" for NaN."""
     return "-" if pd.isna(value) else f"{value * 1000:.1f}"
@@ -247,7 +297,7 @@ def rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
               "preempt", "ITL ms"]
     body = []
     for r in table.itertuples(index=False):
-        cycle = r.cycle if r.cycle != "pause" else ""
+        cycle = cycle_name(r)
         body.append([
             r.backend, str(r.dp_size) + (f" x{r.servers} srv" if r.servers > 1 else ""), r.mode, r.pause_point, str(r.max_tokens), str(r.concurrency),
             "clear" if r.clear_cache else "keep", cycle + (f" +{r.arrivals} arrive" if r.arrivals else ""),

@@ -116,6 +116,8 @@ def plan(cfg: SweepConfig, say: Say = print) -> Plan:
             transfer = transfer or ("ipc" if gpu else "shm")
             extra, defaults, placement = _sync_engine_flags(model, transfer, gpu, scenarios, say)
             sync_model = model
+        if any(sc.cycle == "sleep" for sc in scenarios):
+            extra += _sleep_engine_flags(scenarios, cfg.engine_args, gpu, syncs)
         engine = vllm_compat.engine_config(model, [*cfg.engine_args, *extra], gpu, defaults)
         if syncs and weight_sync.nccl(transfer):
             placement = _own_trainer_gpu(engine, scenarios)
@@ -175,6 +177,30 @@ def _sync_engine_flags(model: str, transfer: str, gpu: bool, scenarios: list[Sce
                     weight_sync.Placement(host=True)
         defaults["gpu_memory_utilization"] = ["--gpu-memory-utilization", str(share)]
     return [weight_sync.engine_args(transfer)], defaults, placement
+
+
+def _sleep_engine_flags(scenarios: list[Scenario], engine_args: list[str], gpu: bool, syncs: bool) -> list[str]:
+    """What a sleep sweep adds to the engine's flags: vLLM's sleep mode where a level frees
+    memory (its CUDA memory pool), and the worker extension that reads each GPU's memory
+    (transfer_worker; a weight_sync sweep sets it already). Levels 1 and 2 on a CPU, and
+    level 2 for now, are refused here, before any engine starts."""
+    vllm_compat.check_sleep()
+    levels = {sc.sleep_level for sc in scenarios if sc.cycle == "sleep"}
+    if levels & {1, 2} and not gpu:
+        raise ScenarioError("sleep levels 1 and 2 need a GPU: vLLM's CPU platform has no sleep mode (it refuses "
+                            "--enable-sleep-mode, and its workers ignore sleep, so nothing is freed); "
+                            "use --sleep-level 0 here")
+    if 2 in levels:
+        raise ScenarioError("sleep level 2 drops the weights, and the suite cannot yet push them back between "
+                            "the two wake-ups: use --sleep-level 0 1")
+    given = {tok.split("=")[0] for part in engine_args for tok in shlex.split(part)}
+    if "--worker-extension-cls" in given:
+        raise ScenarioError("the sleep cycle sets --worker-extension-cls itself (it reads the GPU's memory "
+                            "through it): drop it from --engine-args")
+    flags = [] if syncs else [shlex.join(["--worker-extension-cls", weight_sync.EXTENSION])]
+    if levels & {1, 2} and "--enable-sleep-mode" not in given:
+        flags.append("--enable-sleep-mode")
+    return flags
 
 
 def _own_trainer_gpu(engine: vllm_compat.EngineConfig, scenarios: list[Scenario]) -> weight_sync.Placement:

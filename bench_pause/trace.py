@@ -48,6 +48,13 @@ SYNC_START_CALL = "sync_start_call"
 SYNC_START_RETURN = "sync_start_return"
 SYNC_UPDATE_RETURN = "sync_update_return"
 SYNC_FINISH_RETURN = "sync_finish_return"
+# A sleep cycle: its sleep is recorded as the pause call and return, and the wake_up that
+# resumes scheduling as the resume call and return; a split wake's first call (the weights)
+# beside them. Each GPU's memory in use (the workers' answers, JSON) before the sleep,
+# asleep and after the wake: the detail {"phase": ..., "workers": [...]}.
+WAKE_CALL = "wake_call"
+WAKE_RETURN = "wake_return"
+MEMORY = "memory"
 # vLLM's own weight-operation histogram (sum, count per operation; JSON) before and after
 # the measurement, where the engine exposes it (its HTTP routes).
 WEIGHT_OPS = "weight_ops"

@@ -126,6 +126,18 @@ class BenchPauseWorker:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         t = time.monotonic()
+        return {"rank": self._bench_pause_rank(), "pid": os.getpid(), "t": t, "waited": t - t0}
+
+    def bench_pause_memory(self) -> dict:
+        """The memory in use on this worker's GPU, as the device counts it (every process on
+        it: what a colocated trainer could take is what this frees); ``used`` None on a
+        host without CUDA."""
+        if not torch.cuda.is_available():
+            return {"rank": self._bench_pause_rank(), "device": None, "used": None, "total": None}
+        free, total = torch.cuda.mem_get_info()
+        return {"rank": self._bench_pause_rank(), "device": torch.cuda.current_device(),
+                "used": int(total - free), "total": int(total)}
+
+    def _bench_pause_rank(self) -> int:
         parallel = self.vllm_config.parallel_config
-        return {"rank": int(parallel.data_parallel_rank) * int(parallel.world_size) + int(self.rank),
-                "pid": os.getpid(), "t": t, "waited": t - t0}
+        return int(parallel.data_parallel_rank) * int(parallel.world_size) + int(self.rank)

@@ -98,6 +98,24 @@ def check_weight_transfer() -> None:
         raise VllmError(f"vLLM {vllm_version()}: its weight-transfer registry takes no new backend")
 
 
+def check_sleep() -> None:
+    """The sleep cycle calls ``AsyncLLM.sleep(level, mode)``, which takes the pause mode from
+    0.26 on (docs/dev/vllm-sleep-api.md); say so before anything starts where it does not."""
+    method = getattr(async_llm_class(), "sleep", None)
+    if method is None or "mode" not in inspect.signature(method).parameters:
+        raise VllmError(f"vLLM {vllm_version()} has no AsyncLLM.sleep(level, mode): the sleep cycle "
+                        "needs 0.26 or newer")
+
+
+def wake_tags(level: int, part: str) -> list[str] | None:
+    """The tags of one wake_up call: the ``weights`` or the ``kv_cache`` of a split wake, None
+    (everything asleep) for ``all``; a level-0 sleep stopped only the scheduling, which wakes
+    by its own tag."""
+    if level == 0:
+        return ["scheduling"]
+    return None if part == "all" else [part]
+
+
 # Trainer-side weight-transfer APIs of a backend: a static ``trainer_send_weights`` (IPC to
 # 0.26, NCCL to 0.27), or ``WeightTransferTrainerFactory.trainer_init`` returning an engine
 # that sends (IPC from 0.27, NCCL from 0.28).

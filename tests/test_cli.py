@@ -39,6 +39,21 @@ def test_bad_input_fails_before_any_engine(tmp_path, args, needle):
     assert not (tmp_path / "out").exists()
 
 
+def test_sleep_options_belong_to_the_sleep_cycle(tmp_path):
+    one_line_error(bench_pause("run", "--sleep-level", "0", "--out", str(tmp_path / "out")),
+                   "belong to the sleep cycle")
+
+
+@pytest.mark.skipif(vllm_compat.on_gpu(), reason="a CPU host refuses sleep levels 1 and 2")
+@pytest.mark.parametrize("levels", [[], ["--sleep-level", "1"], ["--sleep-level", "0", "2"]])
+def test_sleep_levels_that_free_memory_are_refused_on_a_cpu(tmp_path, levels):
+    """vLLM's CPU platform has no sleep mode: its workers ignore sleep, so a level that frees
+    memory would measure nothing; said in one line before any engine starts."""
+    r = bench_pause("run", "--cycle", "sleep", *levels, "--out", str(tmp_path / "out"))
+    one_line_error(r, "sleep levels 1 and 2 need a GPU")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere; checked through a file instead")
 def test_unwritable_output_directory(tmp_path):
     ro = tmp_path / "ro"

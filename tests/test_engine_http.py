@@ -163,3 +163,18 @@ def test_two_servers_are_paused_and_resumed_together(http_session, second_http_s
     answers = [json.loads(d)["answers"] for d in events.loc[events["event"] == "pause_return", "detail"]]
     assert all(len(a) == 2 and all(x.startswith("200") for x in a) for a in answers)
     assert http_session.alive() and second_http_session.alive()
+
+
+def test_a_level_0_sleep_over_http_serves_every_stream(http_session, measure_on, loop):
+    """POST /sleep?level=0&mode=keep, the hold, POST /wake_up?tags=scheduling: the streams
+    stay open and finish in full. (Whether a token arrives after /sleep returned is what the
+    suite measures, not asserted: vLLM's sleep returns without the short wait its pause
+    makes for in-flight output, so over HTTP one can, findings.md.)"""
+    sc = Scenario("http", 1, "keep", "tokens:5", MAX_TOKENS, 2, 0.3, False, cycle="sleep", sleep_level=0, wake="all")
+    m = measure_on(http_session, sc)
+    v = m.metrics
+    assert v["error"] == ""
+    assert v["tokens_received"] == v["tokens_expected"] == 2 * MAX_TOKENS
+    assert json.loads(v["finish_reasons"]) == {"length": 2}
+    assert v["gap_s"] >= 0.3
+    assert not loop.run_until_complete(http_session.is_paused())

@@ -120,3 +120,19 @@ def test_edge_cycles_complete_and_leave_the_engine_serving(offline_session, meas
         assert at["pause_call_2"] < at["pause_return"]
     assert loop.run_until_complete(offline_session.is_paused()) is False
     assert measure_on(offline_session, scenario("keep")).metrics["ok"]
+
+
+@pytest.mark.parametrize("mode", ["keep", "abort", "wait"])
+def test_a_level_0_sleep_keeps_the_pause_contract_and_wakes(offline_session, measure_on, loop, mode):
+    """vLLM's sleep pauses in the mode given; at level 0 nothing else happens and one wake_up
+    (the scheduling tag) resumes it. The CPU's workers answer the memory probe with no figure."""
+    sc = Scenario("offline", 1, mode, "tokens:5", 48, 2, 0.2, False, cycle="sleep", sleep_level=0, wake="all")
+    m = measure_on(offline_session, sc)
+    v = m.metrics
+    assert v["error"] == "" and v["leak_tokens"] == 0 and v["ok"]
+    reasons = json.loads(v["finish_reasons"])
+    assert reasons == ({"abort": 2} if mode == "abort" else {"length": 2})
+    phases = [json.loads(d)["phase"] for d in m.events.loc[m.events["event"] == "memory", "detail"]]
+    assert phases == ["before", "asleep", "after"]
+    assert math.isnan(v["mem_freed_bytes"]) and math.isnan(v["wake_weights_s"])
+    assert not loop.run_until_complete(offline_session.is_paused())

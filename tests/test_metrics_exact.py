@@ -295,3 +295,41 @@ def test_an_arrival_refused_during_the_pause_is_the_contract_of_abort_and_wait_o
     assert v["rejected_requests"] == 1 and v["leak_tokens"] == 0
     assert v["ok"] == (mode != "keep")
     assert v["tokens_expected"] == (3 if mode == "keep" else 2) * 4
+
+
+def test_sleep_cycle_exact_values():
+    """A level-1 keep sleep woken in two calls: the sleep is the pause (10.000 to 10.030),
+    the weights come back 11.050 to 11.090, the KV cache's wake resumes 11.100 to 11.104.
+    The GPU holds 70 GiB on one worker before, 6 GiB asleep, 70 GiB after."""
+    gib = 2**30
+
+    def memory(phase: str, t: float, used: float) -> tuple:
+        return (tr.MEMORY, -1, t, json.dumps({"phase": phase, "workers": [{"rank": 0, "used": used * gib}]}))
+    control = [memory("before", 9.800, 70), (tr.SUBMIT, 0, 9.900, ""), (tr.SUBMIT, 1, 9.900, ""),
+               (tr.PAUSE_CALL, -1, 10.000, ""), (tr.PAUSE_RETURN, -1, 10.030, ""), memory("asleep", 10.040, 6),
+               (tr.WAKE_CALL, -1, 11.050, ""), (tr.WAKE_RETURN, -1, 11.090, ""),
+               (tr.RESUME_CALL, -1, 11.100, ""), (tr.RESUME_RETURN, -1, 11.104, ""), memory("after", 11.200, 70)]
+    tokens = [(0, 9.980, NAN), (1, 9.985, NAN), (0, 9.990, NAN), (1, 9.995, NAN),
+              (1, 11.130, NAN), (0, 11.150, NAN), (1, 11.155, NAN), (0, 11.160, NAN)]
+    sleep = {**SCENARIO, "cycle": "sleep", "clear_cache": True, "sleep_level": 1, "wake": "split"}
+    finished = [(tr.FINISH, 0, 11.170, "length"), (tr.FINISH, 1, 11.170, "length")]
+    v = metrics.compute(*frames(tokens, control + finished), sleep)
+    assert v["pause_api_s"] == pytest.approx(0.030)  # the sleep call
+    assert v["wake_weights_s"] == pytest.approx(0.040)
+    assert v["resume_api_s"] == pytest.approx(0.004)  # the wake that resumed scheduling
+    assert v["resume_ttft_s"] == pytest.approx(0.030) and v["resume_all_s"] == pytest.approx(0.050)
+    assert v["hold_actual_s"] == pytest.approx(1.070)  # the weights' wake is inside the dark time
+    assert (v["mem_before_bytes"], v["mem_asleep_bytes"], v["mem_after_bytes"]) == (70 * gib, 6 * gib, 70 * gib)
+    assert v["mem_freed_bytes"] == 64 * gib
+    assert v["leak_tokens"] == 0 and v["ok"]
+    # A pause cycle has none of them.
+    plain = metrics.compute(*keep_trace(), SCENARIO)
+    assert all(math.isnan(plain[k]) for k in ("wake_weights_s", "mem_before_bytes", "mem_freed_bytes"))
+
+
+def test_sleep_memory_unread_on_a_cpu_is_nan():
+    """Workers without CUDA answer used=None: no figure, rather than 0 bytes freed."""
+    control = [(tr.MEMORY, -1, 9.8, json.dumps({"phase": "before", "workers": [{"rank": 0, "used": None}]})),
+               *CONTROL]
+    v = metrics.compute(*frames(KEEP_TOKENS, control + FINISHED), {**SCENARIO, "cycle": "sleep"})
+    assert math.isnan(v["mem_before_bytes"]) and math.isnan(v["mem_freed_bytes"])

@@ -13,6 +13,7 @@ from bench_pause import plots, report
 from .conftest import FIXTURES, bench_pause
 
 RUN = FIXTURES / "cpu-run"
+SLEEP_RUN = FIXTURES.parent.parent / "results" / "cpu-v0.32.0-sleep-l0"  # the pause and sleep cycles, real engine
 
 
 def test_every_figure_is_a_real_image(tmp_path):
@@ -20,8 +21,8 @@ def test_every_figure_is_a_real_image(tmp_path):
     # The fixture has dp 1 and 2, both cache settings and warm-ups: every figure but the
     # weight sync's (its own fixture, tests/test_weight_sync.py) has something to draw.
     assert set(figures) == {"timeline", "time_to_pause", "gap", "clear_cache", "stalls", "first_pause", "ranks",
-                            "dp_size", "leak", "weight_sync"}
-    assert figures.pop("weight_sync") == []
+                            "dp_size", "leak", "weight_sync", "sleep"}
+    assert figures.pop("weight_sync") == [] and figures.pop("sleep") == []
     for name, (png, svg) in figures.items():
         image = mpimg.imread(png)
         assert image.shape[0] > 300 and image.shape[1] > 500, name
@@ -41,15 +42,16 @@ def test_a_leak_is_impossible_to_miss(tmp_path):
 
 
 def test_report_references_every_figure_it_wrote(tmp_path):
-    # With the weight_sync fixture beside it (recorded on another host: its own section)
-    # every figure is drawn somewhere.
-    index = report.write([RUN, FIXTURES / "cpu-weight-sync"], tmp_path / "docs")
+    # With the weight_sync fixture and a sleep run beside it (each recorded on its own: their
+    # own sections) every figure is drawn somewhere.
+    index = report.write([RUN, FIXTURES / "cpu-weight-sync", SLEEP_RUN], tmp_path / "docs")
     text = index.read_text()
     linked = set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text))
     written = {str(p.relative_to(tmp_path / "docs")) for p in (tmp_path / "docs" / "figures").rglob("*.png")}
     assert linked == written and {Path(p).stem for p in written} == set(plots.FIGURES)
     assert "| backend |" in text and "vLLM 0.32.0" in text
     assert "### Data parallel: the slowest rank and server" in text
+    assert "### Sleep: what a colocated trainer pays and gains" in text and "sleep L0 wake all" in text
 
 
 def test_report_command(tmp_path):

@@ -122,6 +122,27 @@ class Session(abc.ABC):
     @abc.abstractmethod
     async def is_paused(self) -> bool: ...
 
+    async def sleep(self, level: int, mode: str) -> str:
+        """Put the engine to sleep (vLLM's ``sleep(level, mode)``: a pause in ``mode``, then at
+        level 1 or 2 its memory freed); returns a detail string recorded with the event."""
+        raise NotImplementedError(f"the {self.backend} backend cannot sleep")
+
+    async def wake_up(self, tags: list[str] | None) -> str:
+        """vLLM's ``wake_up(tags)`` (None: everything asleep); scheduling resumes once every
+        tag is back. Returns a detail string recorded with the event."""
+        raise NotImplementedError(f"the {self.backend} backend cannot wake up")
+
+    @staticmethod
+    def wakes_all(tags: list[str] | None) -> bool:
+        """Whether a wake_up with ``tags`` is the one that resumes scheduling (the sleep
+        cycle's last: everything, the KV cache after the weights, or a level-0 sleep's)."""
+        return tags is None or bool({"kv_cache", "scheduling"} & set(tags))
+
+    async def memory(self) -> list[dict]:
+        """Every worker's device memory in use (``bench_pause_memory``, transfer_worker), by
+        collective RPC."""
+        raise NotImplementedError(f"the {self.backend} backend cannot read its workers' memory")
+
     async def weight_update(self, step: str, info: dict | None = None) -> str:
         """One call of vLLM's weight-transfer API: ``init`` (with its init info), ``start``,
         ``update`` (with the update info) or ``finish``; a weight_sync cycle's push."""

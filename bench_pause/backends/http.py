@@ -239,6 +239,29 @@ class HttpSession(Session):
         self._paused = False
         return answer
 
+    async def sleep(self, level: int, mode: str) -> str:
+        await vllm_compat.before_pause()
+        self._paused = True
+        return await self._post("/sleep", {"level": level, "mode": mode})
+
+    async def wake_up(self, tags: list[str] | None) -> str:
+        # /wake_up takes each tag as its own query parameter; none wakes everything.
+        query = "?" + urlencode([("tags", t) for t in tags]) if tags else ""
+        if self.wakes_all(tags):
+            await vllm_compat.before_resume()
+        async with self.client.post(f"{self.url}/wake_up{query}") as r:
+            text = await r.text()
+            if r.status != 200:
+                raise RuntimeError(f"POST /wake_up{query} answered {r.status}: {text[:200]}")
+        if self.wakes_all(tags):
+            self._paused = False
+        return f"{r.status} {text.strip()[:200]}"
+
+    async def memory(self) -> list[dict]:
+        answer = await self._post_json("/collective_rpc", {"method": "bench_pause_memory",
+                                                           "timeout": self.timeouts.pause})
+        return list(answer.get("results", []))
+
     async def is_paused(self) -> bool:
         async with self.client.get(f"{self.url}/is_paused") as r:
             return bool((await r.json())["is_paused"])

@@ -7,6 +7,7 @@ core's CLOCK_MONOTONIC), copied at each yield because vLLM updates the object in
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import uuid
 
@@ -101,6 +102,23 @@ class OfflineSession(Session):
 
     async def is_paused(self) -> bool:
         return bool(await self.engine.is_paused())
+
+    async def sleep(self, level: int, mode: str) -> str:
+        await vllm_compat.before_pause()
+        self._paused = True
+        await self.engine.sleep(level=level, mode=mode)
+        return ""
+
+    async def wake_up(self, tags: list[str] | None) -> str:
+        if self.wakes_all(tags):
+            await vllm_compat.before_resume()
+        awake = await self.engine.wake_up(tags)  # whether fully awake from 0.32, None before
+        if self.wakes_all(tags):
+            self._paused = False
+        return "" if awake is None else json.dumps({"fully_awake": bool(awake)})
+
+    async def memory(self) -> list[dict]:
+        return list(await self.engine.collective_rpc("bench_pause_memory"))
 
     async def weight_update(self, step: str, info: dict | None = None) -> str:
         from vllm.distributed.weight_transfer.base import WeightTransferInitRequest, WeightTransferUpdateRequest
