@@ -111,33 +111,34 @@ def _section(title: str, dirs: list[Path], out: Path) -> list[str]:
     return lines
 
 
+def _table_section(heading: str, caption: str, table, rows_of) -> list[str]:
+    """A heading, its caption and its table; nothing for an empty table."""
+    return [f"### {heading}", "", caption, "", summary.markdown(table, rows_of)] if len(table) else []
+
+
 def _sleeps(runs) -> list[str]:
-    table = summary.sleeps(runs)
-    if not len(table):
-        return []
-    return ["### Sleep: what a colocated trainer pays and gains", "",
-            "Per sleep cell (times in ms, p50 / p90 / max over its cycles): vLLM's `sleep(level, mode)` call; "
-            "a split wake's first call (the weights back); the `wake_up` that resumes scheduling (the KV cache, "
-            "or everything at once); from it to the first token and to every stream moving again. GiB: the "
-            "GPU memory in use (every process on the engine's GPUs) before the requests, once asleep and "
-            "after every stream ended (p50), and what the sleep freed (p50 and the least of any cycle).", "",
-            summary.markdown(table, summary.sleep_rows)]
+    return _table_section(
+        "Sleep: what a colocated trainer pays and gains",
+        "Per sleep cell (times in ms, p50 / p90 / max over its cycles): vLLM's `sleep(level, mode)` call; "
+        "a split wake's first call (the weights back); the `wake_up` that resumes scheduling (the KV cache, "
+        "or everything at once); from it to the first token and to every stream moving again. GiB: the "
+        "GPU memory in use (every process on the engine's GPUs) before the requests, once asleep and "
+        "after every stream ended (p50), and what the sleep freed (p50 and the least of any cycle).",
+        summary.sleeps(runs), summary.sleep_rows)
 
 
 def _syncs(runs) -> list[str]:
     table = summary.syncs(runs)
-    if not len(table):
-        return []
-    return ["### Weight sync: where the time goes", "",
-            "Per weight_sync cell (times in ms, p50 / p90 / max over its cycles): the pause call; pause "
-            "return to the workers' idle answer; the push's start, update and finish calls; the resume "
-            "call; resume to the first token; the whole push; and the time with no token produced "
-            "(last token before the pause to the first after the resume). `wrong tok`: the most tokens in "
-            "one cycle made by other weights than they should (0 on a correct engine); `checked tok`: the "
-            "fewest tokens after a resume whose weights were checked; `trainer GiB`: the most GPU memory a "
-            "trainer (CUDA IPC, NCCL) held after a push, its weight sets included where they live on the GPU (growth "
-            "from push to push is a leak).", "",
-            summary.markdown(table, summary.sync_rows)] + _sync_check(table)
+    return _table_section(
+        "Weight sync: where the time goes",
+        "Per weight_sync cell (times in ms, p50 / p90 / max over its cycles): the pause call; pause "
+        "return to the workers' idle answer; the push's start, update and finish calls; the resume "
+        "call; resume to the first token; the whole push; and the time with no token produced "
+        "(last token before the pause to the first after the resume). `wrong tok`: the most tokens in "
+        "one cycle made by other weights than they should (0 on a correct engine); `checked tok`: the "
+        "fewest tokens after a resume whose weights were checked; `trainer GiB`: the most GPU memory a "
+        "trainer (CUDA IPC, NCCL) held after a push, its weight sets included where they live on the GPU (growth "
+        "from push to push is a leak).", table, summary.sync_rows) + (_sync_check(table) if len(table) else [])
 
 
 def _sync_check(table) -> list[str]:
