@@ -55,6 +55,9 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "injected_pause_delay_s": vllm_compat.injected_pause_delay(),
         "injected_resume_delay_s": vllm_compat.injected_resume_delay(),
+        # vLLM reads settings from its environment too (VLLM_MOE_ROUTING_SIMULATION_STRATEGY,
+        # VLLM_USE_V2_MODEL_RUNNER, ...): they belong with the engine arguments.
+        "vllm_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("VLLM_")},
     }
 
 

@@ -57,9 +57,16 @@
 # with a call replaces the host's copy (forgetting it once made a call repeat the previous one).
 # On a fresh machine only the history call carries the history's directory (the install calls
 # leave all of results/ out: a 63 MB part and a history of a few MB exceed the 64 MiB a call).
+# The MoE routing test (is 0.26.0's faster MoE step the stand-in weights' degenerate routing?
+# findings.md): the stall step with the routing forced uniform on both releases, each run
+# dir's meta.json records the variable (vllm_env):
+#   VLLM_MOE_ROUTING_SIMULATION_STRATEGY=uniform_random EXECUTIONS=graphs ENGINE_ARGS="--max-model-len 2048" \
+#     REPEATS=3 SUFFIX=-uniform VLLM_VERSION=0.34.0 bash tools/gpu-session.sh stall   (then VLLM_VERSION=0.26.0)
 # The 0.26.0-0.34.0 history goes on with: CALIBRATE=5 HISTORY_OUT=results/gpu-h100-history-
 # offline-qwen3-8b-since-0.26 bash tools/gpu-session.sh history (every release of it installed:
-# 50 install calls, ~270 s held; then ~180 s a run on a fresh machine, ~135 s once compiled).
+# 50 install calls, ~270 s held; then 134-188 s a run for a release's first start on a machine,
+# 90-118 s for its later ones; the call stops before a run that would outlast LIMIT_S - 30 by
+# the slowest run so far, 188 s). On 2026-12-07 round 3 had 7 runs left: ~1000 s after the install.
 # Needs vLLM installed from a bundle (tools/vllm-bundle) and BENCH_PAUSE_COMMIT set to the
 # commit the working tree came from when it travels without .git.
 set -uo pipefail
@@ -126,7 +133,7 @@ PY
       flags=(); [ "$execution" = eager ] && flags=(--engine-args --enforce-eager)
       [ -n "${ENGINE_ARGS:-}" ] && flags+=(--engine-args "$ENGINE_ARGS")
       timeout $((LIMIT_S / $(wc -w <<< "${EXECUTIONS:-graphs eager}"))) python3 -m bench_pause run --model qwen3-30b-a3b --backend offline --mode keep \
-        --clear-cache true false --repeats 8 --concurrency 8 --max-tokens 200 --pause-point tokens:50 --hold 1 \
+        --clear-cache true false --repeats "${REPEATS:-8}" --concurrency 8 --max-tokens 200 --pause-point tokens:50 --hold 1 \
         --startup-timeout 300 "${flags[@]}" --out "results/$MACHINE-v$VLLM_VERSION-moe-stall-$execution${SUFFIX:-}" 2>&1 | tail -25
     done
     pack "stall${SUFFIX:-}" results/$MACHINE-v$VLLM_VERSION-moe-stall-*
