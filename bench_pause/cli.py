@@ -56,13 +56,15 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arrivals-during-pause", nargs="+", type=int, dest="arrivals", metavar="N",
                    help="requests submitted while paused (they must wait for the resume)")
     p.add_argument("--cycle", nargs="+", choices=CYCLES, dest="cycles",
-                   help="what is done around the pause: the normal cycle or an edge cycle (README)")
+                   help="what is done around the pause: the normal cycle, an edge cycle, a weight sync, or the "
+                        "colocated sleep and wake_up in its place (docs/options.md)")
     p.add_argument("--sleep-level", nargs="+", type=int, choices=SLEEP_LEVELS, dest="sleep_levels",
                    help="the sleep cycle's levels: 0 stops scheduling, 1 also offloads the weights and drops "
-                        "the KV cache, 2 drops both (default 0 1; 1 and 2 need a GPU)")
+                        "the KV cache, 2 drops both and has the next weight set pushed between its wakes "
+                        "(default 0 1; 1 and 2 need a GPU)")
     p.add_argument("--wake", nargs="+", choices=WAKES, dest="wakes",
-                   help="how the sleep cycle wakes: all (one wake_up) or split (weights, then KV cache, as "
-                        "verl does); default both")
+                   help="how the sleep cycle wakes: all (one wake_up; levels 0 and 1) or split (weights, then "
+                        "KV cache, as verl does; levels 1 and 2); default both")
     p.add_argument("--transfer", choices=tuple(TRANSFERS),
                    help="how the weight_sync cycle pushes: vLLM's CUDA IPC from a trainer on the engine's GPU "
                         "(ipc: one update, handles to the trainer's tensors; ipc_packed: vLLM's 1 GB buffers), "

@@ -121,12 +121,15 @@ async def _sleep(session: Session, sc: Scenario, trace: tr.Trace, timeouts: Time
 
 
 async def _wake(session: Session, sc: Scenario, trace: tr.Trace, timeouts: Timeouts) -> None:
-    """A sleep cycle's wake: a split one brings the weights back first; the call that
-    resumes scheduling is recorded as the resume."""
+    """A sleep cycle's wake: a split one brings the weights back first (after a level-2
+    sleep, whose weights are gone, the next weight set is pushed into them, as a colocated
+    trainer does); the call that resumes scheduling is recorded as the resume."""
     if sc.wake == "split":
         trace.event(tr.WAKE_CALL)
         await _timed(session.wake_up(vllm_compat.wake_tags(sc.sleep_level, "weights")), tr.WAKE_RETURN,
                      trace, timeouts.resume)
+    if sc.pushes:
+        await weight_sync.push(session, trace, timeouts)
     trace.event(tr.RESUME_CALL)
     last = "kv_cache" if sc.wake == "split" else "all"
     await _timed(session.wake_up(vllm_compat.wake_tags(sc.sleep_level, last)), tr.RESUME_RETURN, trace,
@@ -157,12 +160,13 @@ async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: rando
     ``weight_sync`` probes the workers and pushes new weights once the pause returned, and
     sends one more request after the resume (metrics checks which weights made its tokens).
     A ``sleep`` sleeps in place of the pause and wakes in place of the resume, reading the
-    GPUs' memory before, asleep and after.
+    GPUs' memory before, asleep and after; at level 2 it pushes the next weight set between
+    the two wake calls and, like a weight_sync, checks it with one more request.
     """
     trace = tr.Trace()
     need = sc.point.tokens_before(sc.max_tokens)
     reached = asyncio.Event()
-    sync = sc.cycle == "weight_sync"
+    sync = sc.pushes  # a push, checked by one more request after the resume
     # A sleep cycle reads the GPUs' memory where the suite started the engine (with its
     # worker extension; a server started elsewhere may lack it).
     sleeping, memory = sc.cycle == "sleep", sc.cycle == "sleep" and session.launches
@@ -202,7 +206,7 @@ async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: rando
         if memory:
             phase = "memory asleep"
             await _record_memory(session, "asleep", trace, timeouts.pause)
-        if sync:
+        if sc.cycle == "weight_sync":
             phase = "idle probe"
             await weight_sync.idle_probe(session, trace, timeouts)
             phase = "weight sync"

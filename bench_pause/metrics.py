@@ -115,7 +115,9 @@ Definitions (client clock unless the name says ``engine``):
   to return. ``mem_before_bytes``, ``mem_asleep_bytes``, ``mem_after_bytes``: the GPU
   memory in use (every process on the engine's GPUs, summed over its workers) before the
   requests, once the sleep returned and after every stream ended; ``mem_freed_bytes``:
-  before minus asleep, what a colocated trainer gains.
+  before minus asleep, what a colocated trainer gains. A level-2 sleep pushes the next weight
+  set between its two wake calls (the push's figures and the weight check as for a
+  weight_sync, ``idle_s`` aside), and its ``ok`` asks what a weight_sync's does.
 - ``ok``: the mode's contract held. keep: no leak, every token delivered, every request
   finished by length. abort: no leak, every request unfinished at the pause call ended
   with ``abort``, except one held (it reached the engine only after the abort, as a
@@ -357,8 +359,10 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
     servers = int(scenario.get("servers", 1) or 1)
     n_arrivals = int(scenario.get("arrivals", 0) or 0)
     originals, arrivals = range(concurrency), range(concurrency, concurrency + n_arrivals)
-    # A weight_sync sends one request after the resume, to be served by the new weights.
-    checks = range(concurrency + n_arrivals, concurrency + n_arrivals + (cycle == "weight_sync"))
+    # A weight_sync (and a level-2 sleep, which pushes between its wakes) sends one request
+    # after the resume, to be served by the new weights.
+    pushes = cycle == "weight_sync" or (cycle == "sleep" and int(scenario.get("sleep_level", 0) or 0) == 2)
+    checks = range(concurrency + n_arrivals, concurrency + n_arrivals + pushes)
 
     tokens = tokens.sort_values("t", kind="stable")
     pause_call = _event_time(events, tr.PAUSE_CALL)

@@ -560,8 +560,8 @@ def weight_sync(data: Runs, out: Path) -> list[Path]:
 def sleep(data: Runs, out: Path) -> list[Path]:
     """What a colocated trainer pays against a disaggregated one: per backend and mode, the
     pause cycle and the sleep cycles of the same engine side by side, each phase's p50 stacked
-    (the stop call; a split wake's weights; the call that resumes to the first token), the GPU
-    memory the sleep freed beside it; nothing without sleep cycles."""
+    (the stop call; a split wake's weights; a level-2 sleep's push; the call that resumes to
+    the first token), the GPU memory the sleep freed beside it; nothing without sleep cycles."""
     m = data.measured
     if not len(m) or not (m["cycle"] == "sleep").any():
         return []
@@ -569,10 +569,11 @@ def sleep(data: Runs, out: Path) -> list[Path]:
     by = ["backend", "dp_size", "mode", "cycle", "sleep_level", "wake", "clear_cache"]
     table = m.groupby(by, dropna=False, sort=True).agg(
         n=("ok", "size"), stop=("pause_api_s", "median"), weights=("wake_weights_s", "median"),
-        comeback=("resume_ttft_s", "median"), freed=("mem_freed_bytes", "median")).reset_index()
+        push=("sync_s", "median"), comeback=("resume_ttft_s", "median"),
+        freed=("mem_freed_bytes", "median")).reset_index()
     phases = [("stop", "pause or sleep call"), ("weights", "wake: weights (split)"),
-              ("comeback", "resume or last wake call to first token")]
-    colors = ["#4c72b0", "#dd8452", "#55a868"]
+              ("push", "push (level 2)"), ("comeback", "resume or last wake call to first token")]
+    colors = ["#4c72b0", "#dd8452", "#c44e52", "#55a868"]
     height = 1.6 + 0.4 * len(table)
     fig, ax = plt.subplots(figsize=(9, height))
     labels = [f"{r.backend} dp {r.dp_size} {r.mode}: " + (

@@ -39,7 +39,8 @@ CAPTIONS = {
             "delivers none; a leak is drawn in red.",
     "sleep": "What a colocated trainer pays against a disaggregated one: per backend and mode, the pause "
              "cycle and the sleep cycles of the same engine, each phase's p50 stacked (the pause or sleep "
-             "call; a split wake's first call, the weights; from the call that resumes to the first token; "
+             "call; a split wake's first call, the weights; a level-2 sleep's push; from the call that "
+             "resumes to the first token; "
              "the hold left out), and beside each sleep the GPU memory it freed (p50).",
     "weight_sync": "Where a weight sync's time goes: each phase's p50 stacked in the order it happens "
                    "(pause call, until the workers are idle, the push's start, update and finish, the "
@@ -120,10 +121,12 @@ def _sleeps(runs) -> list[str]:
     return _table_section(
         "Sleep: what a colocated trainer pays and gains",
         "Per sleep cell (times in ms, p50 / p90 / max over its cycles): vLLM's `sleep(level, mode)` call; "
-        "a split wake's first call (the weights back); the `wake_up` that resumes scheduling (the KV cache, "
-        "or everything at once); from it to the first token and to every stream moving again. GiB: the "
-        "GPU memory in use (every process on the engine's GPUs) before the requests, once asleep and "
-        "after every stream ended (p50), and what the sleep freed (p50 and the least of any cycle).",
+        "a split wake's first call (the weights back); at level 2 the push of a new weight set between the "
+        "wake calls; the `wake_up` that resumes scheduling (the KV cache, or everything at once); from it "
+        "to the first token and to every stream moving again. GiB: the GPU memory in use (every process "
+        "on the engine's GPUs) before the requests, once asleep and after every stream ended (p50), and "
+        "what the sleep freed (p50 and the least of any cycle). `wrong tok` (level 2): the most tokens "
+        "after a wake made by other weights than the set pushed (0 on a correct engine).",
         summary.sleeps(runs), summary.sleep_rows)
 
 

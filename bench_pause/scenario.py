@@ -33,7 +33,8 @@ CYCLES = ("pause", "idle", "double_resume", "double_pause", "weight_sync", "slee
 SLEEP_LEVELS = (0, 1, 2)
 # How the engine is woken: ``all`` in one wake_up call; ``split``: the weights first, then
 # the KV cache (verl's order: a trainer pushes weights between the two). Only ``all`` at
-# level 0, which has nothing to bring back.
+# level 0, which has nothing to bring back; only ``split`` at level 2, whose weights must be
+# pushed again before the engine resumes (the cycle pushes the weight_sync cycle's next set).
 WAKES = ("all", "split")
 
 
@@ -146,9 +147,18 @@ class Scenario:
                 raise ScenarioError("the sleep cycle puts one server to sleep: use one --url")
             if self.wake == "split" and self.sleep_level == 0:
                 raise ScenarioError("a level-0 sleep has nothing to wake in parts: use --wake all")
+            if self.wake == "all" and self.sleep_level == 2:
+                raise ScenarioError("a level-2 sleep drops the weights: they are pushed between a split wake's "
+                                    "two calls, use --wake split")
             if self.clear_cache != (self.sleep_level >= 1):
                 raise ScenarioError(f"a level-{self.sleep_level} sleep {'clears' if self.sleep_level else 'keeps'} "
                                     "the prefix cache itself: its clear_cache is that")
+
+    @property
+    def pushes(self) -> bool:
+        """Whether the cycle pushes a weight set (bench_pause.weight_sync): the weight_sync
+        cycle, and a level-2 sleep between its wakes."""
+        return self.cycle == "weight_sync" or (self.cycle == "sleep" and self.sleep_level == 2)
 
     @property
     def point(self) -> PausePoint:
@@ -243,7 +253,8 @@ class Grid:
         if cycle != "sleep":
             return [{}]
         return [{"sleep_level": level, "wake": wake, "clear_cache": level >= 1}
-                for level in self.sleep_levels for wake in self.wakes if level or wake == "all"]
+                for level in self.sleep_levels for wake in self.wakes
+                if (level or wake == "all") and (level < 2 or wake == "split")]
 
 
 def route(request: int, servers: int, dp_size: int) -> tuple[int, int]:

@@ -241,8 +241,8 @@ def sync_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 
 # A sleep cycle in the order it happens (metrics: the sleep definitions).
-SLEEP_PHASES = [("pause_api_s", "sleep"), ("wake_weights_s", "wake weights"), ("resume_api_s", "wake (resumes)"),
-                ("resume_ttft_s", "wake→tok"), ("resume_all_s", "wake→all")]
+SLEEP_PHASES = [("pause_api_s", "sleep"), ("wake_weights_s", "wake weights"), ("sync_s", "push (level 2)"),
+                ("resume_api_s", "wake (resumes)"), ("resume_ttft_s", "wake→tok"), ("resume_all_s", "wake→all")]
 SLEEP_MEMORY = ["mem_before_bytes", "mem_asleep_bytes", "mem_after_bytes", "mem_freed_bytes"]
 
 
@@ -258,19 +258,21 @@ def sleeps(runs: pd.DataFrame) -> pd.DataFrame:
     for column in SLEEP_MEMORY:
         out[f"{column}_p50"] = grouped[column].median()
     out["mem_freed_bytes_min"] = grouped["mem_freed_bytes"].min()
+    out["wrong_max"] = grouped["wrong_weight_tokens"].max()  # level 2: the pushed set's check
     return out.reset_index()
 
 
 def sleep_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     header = ["backend", "dp", "mode", "level", "wake", "conc", "ok", *[f"{label} ms" for _, label in SLEEP_PHASES],
-              "GiB before", "GiB asleep", "GiB after", "GiB freed (p50, least)"]
+              "GiB before", "GiB asleep", "GiB after", "GiB freed (p50, least)", "wrong tok"]
     body = []
     for r in table.itertuples(index=False):
         gib = [fmt_gib(getattr(r, f"{c}_p50")) for c in SLEEP_MEMORY[:3]]
         freed = "-" if pd.isna(r.mem_freed_bytes_p50) else \
             f"{fmt_gib(r.mem_freed_bytes_p50)}, {fmt_gib(r.mem_freed_bytes_min)}"
         body.append([r.backend, str(r.dp_size), r.mode, str(r.sleep_level), r.wake, str(r.concurrency),
-                     f"{r.ok}/{r.n}", *[_tail(r, name) for name, _ in SLEEP_PHASES], *gib, freed])
+                     f"{r.ok}/{r.n}", *[_tail(r, name) for name, _ in SLEEP_PHASES], *gib, freed,
+                     "-" if pd.isna(r.wrong_max) else f"{r.wrong_max:g}"])
     return header, body
 
 

@@ -89,12 +89,13 @@ def plan(cfg: SweepConfig, say: Say = print) -> Plan:
         scenarios = [dataclasses.replace(sc, servers=len(cfg.urls)) if sc.backend == "http" else sc
                      for sc in scenarios]
     engine, sync_model, transfer, placement = None, None, cfg.transfer, weight_sync.Placement()
-    syncs = "weight_sync" in cfg.grid.cycles
+    syncs = any(sc.pushes for sc in scenarios)
     if transfer and not syncs:
-        raise ScenarioError("--transfer says how the weight_sync cycle pushes weights: add --cycle weight_sync")
+        raise ScenarioError("--transfer says how the weight_sync cycle (or a level-2 sleep) pushes weights: "
+                            "add --cycle weight_sync")
     if syncs and cfg.urls:
-        raise ScenarioError("the weight_sync cycle starts its own engines (it sets --weight-transfer-config "
-                            "and --worker-extension-cls): drop --url")
+        raise ScenarioError("the weight_sync cycle and a level-2 sleep start their own engines (they set "
+                            "--weight-transfer-config and --worker-extension-cls): drop --url")
     if syncs and weight_sync.OWN_FLAGS & {tok.split("=")[0] for part in cfg.engine_args for tok in shlex.split(part)}:
         raise ScenarioError("the weight_sync cycle sets --weight-transfer-config and --worker-extension-cls "
                             "itself: drop them from --engine-args")
@@ -182,17 +183,15 @@ def _sync_engine_flags(model: str, transfer: str, gpu: bool, scenarios: list[Sce
 def _sleep_engine_flags(scenarios: list[Scenario], engine_args: list[str], gpu: bool, syncs: bool) -> list[str]:
     """What a sleep sweep adds to the engine's flags: vLLM's sleep mode where a level frees
     memory (its CUDA memory pool), and the worker extension that reads each GPU's memory
-    (transfer_worker; a weight_sync sweep sets it already). Levels 1 and 2 on a CPU, and
-    level 2 for now, are refused here, before any engine starts."""
+    (transfer_worker; a sweep that pushes weights sets it already, with the weight transfer
+    a level-2 sleep pushes through). Levels 1 and 2 on a CPU are refused here, before any
+    engine starts."""
     vllm_compat.check_sleep()
     levels = {sc.sleep_level for sc in scenarios if sc.cycle == "sleep"}
     if levels & {1, 2} and not gpu:
         raise ScenarioError("sleep levels 1 and 2 need a GPU: vLLM's CPU platform has no sleep mode (it refuses "
                             "--enable-sleep-mode, and its workers ignore sleep, so nothing is freed); "
                             "use --sleep-level 0 here")
-    if 2 in levels:
-        raise ScenarioError("sleep level 2 drops the weights, and the suite cannot yet push them back between "
-                            "the two wake-ups: use --sleep-level 0 1")
     given = {tok.split("=")[0] for part in engine_args for tok in shlex.split(part)}
     if "--worker-extension-cls" in given:
         raise ScenarioError("the sleep cycle sets --worker-extension-cls itself (it reads the GPU's memory "

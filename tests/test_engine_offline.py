@@ -136,3 +136,26 @@ def test_a_level_0_sleep_keeps_the_pause_contract_and_wakes(offline_session, mea
     assert phases == ["before", "asleep", "after"]
     assert math.isnan(v["mem_freed_bytes"]) and math.isnan(v["wake_weights_s"])
     assert not loop.run_until_complete(offline_session.is_paused())
+
+
+@pytest.mark.parametrize("level, wake", [(1, "all"), (1, "split"), (2, "split")])
+def test_the_sleep_sequence_of_calls_at_levels_1_and_2(offline_session, measure_on, loop, level, wake):
+    """The calls of a level-1 and a level-2 sleep cycle in order, on the real engine: vLLM's
+    CPU workers ignore sleep and wake_up (no sleep mode: nothing is freed, which is why the
+    CLI refuses these levels on a CPU), so this checks the suite's sequence, not vLLM's
+    memory handling. Level 2 pushes the next weight set between the wakes and the request
+    after the wake is made by it."""
+    sc = Scenario("offline", 1, "keep", "tokens:5", 48, 2, 0.2, True, cycle="sleep", sleep_level=level, wake=wake)
+    m = measure_on(offline_session, sc)
+    v = m.metrics
+    assert v["error"] == "" and v["leak_tokens"] == 0 and v["ok"], v["error"]
+    events = list(m.events["event"])
+    assert ("wake_call" in events) == (wake == "split")
+    if level == 2:
+        order = [e for e in events if e in ("wake_return", "sync_start_call", "sync_finish_return", "resume_call")]
+        assert order == ["wake_return", "sync_start_call", "sync_finish_return", "resume_call"]
+        assert v["wrong_weight_tokens"] == 0 and v["new_weight_tokens"] > 0
+        assert json.loads(v["finish_reasons"]) == {"length": 3}  # the two kept and the check request
+    else:
+        assert "sync_start_call" not in events and math.isnan(v["sync_s"])
+    assert not loop.run_until_complete(offline_session.is_paused())

@@ -75,3 +75,28 @@ def test_grids_measured_beside_a_grid_share_its_engines():
 def test_several_servers_only_over_http():
     with pytest.raises(ScenarioError, match="servers"):
         Scenario("offline", 1, "keep", "tokens:5", 64, 1, 0.5, True, servers=2)
+
+
+def test_the_sleep_axes_expand_only_the_sleep_cycle():
+    """Level 0 wakes at once, level 2 only split (its weights are pushed between the calls);
+    a sleep's clear_cache is its level's, whatever the axis says; other cycles ignore the axes."""
+    grid = Grid(modes=("keep",), cycles=("pause", "sleep"), clear_cache=(True, False), sleep_levels=(0, 1, 2),
+                wakes=("all", "split"), repeats=1)
+    cells = {(sc.cycle, sc.sleep_level, sc.wake, sc.clear_cache) for sc in grid.scenarios()}
+    assert cells == {("pause", 0, "all", True), ("pause", 0, "all", False), ("sleep", 0, "all", False),
+                     ("sleep", 1, "all", True), ("sleep", 1, "split", True), ("sleep", 2, "split", True)}
+    assert len(grid.scenarios()) == len(cells)
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    ({"cycle": "pause", "sleep_level": 1}, "belong to the sleep cycle"),
+    ({"cycle": "sleep", "sleep_level": 3}, "unknown sleep level"),
+    ({"cycle": "sleep", "sleep_level": 0, "wake": "split", "clear_cache": False}, "nothing to wake in parts"),
+    ({"cycle": "sleep", "sleep_level": 2, "wake": "all"}, "use --wake split"),
+    ({"cycle": "sleep", "sleep_level": 1, "clear_cache": False}, "clears the prefix cache itself"),
+])
+def test_bad_sleep_cells_are_refused(kwargs, says):
+    base = {"backend": "offline", "dp_size": 1, "mode": "keep", "pause_point": "tokens:5", "max_tokens": 64,
+            "concurrency": 1, "hold_s": 0.5, "clear_cache": True}
+    with pytest.raises(ScenarioError, match=says):
+        Scenario(**{**base, **kwargs})
