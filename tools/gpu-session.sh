@@ -41,7 +41,7 @@
 #                                             #   --transfer $TRANSFER (ipc by default; qwen3-8b by default);
 #                                             #   two GPUs with TRANSFER=nccl|nccl_packed (the trainer on
 #                                             #   GPU 1, NCCL's transport lines in the run's trainer.log)
-#   bash tools/gpu-session.sh sleep [MODEL]   # one GPU: the sleep cycle (levels 0 and 1, both wakes)
+#   bash tools/gpu-session.sh sleep [MODEL]   # one GPU: the sleep cycle (levels 0, 1, 2, both wakes)
 #                                             #   beside the pause cycle on the same engines, both
 #                                             #   backends; the GPU memory before, asleep and after
 #   bash tools/gpu-session.sh idle [MODEL]    # one GPU: tools/idle-probe-check.py (the idle probe
@@ -205,9 +205,10 @@ PY
     model=${2:-qwen3-8b}
     out="results/$MACHINE-v$VLLM_VERSION-sleep-$model${SUFFIX:-}"
     # The colocated cycle beside the pause on the same engine (one engine per backend, started
-    # with --enable-sleep-mode): sleep levels 0 and 1, woken at once and split.
+    # with --enable-sleep-mode): sleep levels 0, 1 and 2 ($LEVELS), woken at once and split; level 2
+    # pushes the next weight set (--transfer ipc by default on a GPU) between its wakes.
     # shellcheck disable=SC2086
-    timeout -k 40 "$LIMIT_S" python3 -m bench_pause run --model "$model" --cycle pause sleep --sleep-level 0 1 \
+    timeout -k 40 "$LIMIT_S" python3 -m bench_pause run --model "$model" --cycle pause sleep --sleep-level ${LEVELS:-0 1 2} \
       --wake all split --backend ${BACKENDS:-offline http} --mode keep abort wait --pause-point tokens:20 \
       --max-tokens 128 --concurrency 8 --hold 0.5 --clear-cache true false --repeats "${REPEATS:-4}" \
       --startup-timeout 300 --out "$out" 2>&1 | tail -60
