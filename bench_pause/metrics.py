@@ -140,7 +140,7 @@ import numpy as np
 import pandas as pd
 
 from bench_pause import trace as tr
-from bench_pause.scenario import route
+from bench_pause.scenario import pushes, route
 
 # Bumped when a definition changes; meta.json records it (`bench-pause recompute` updates
 # it with the metrics). 2: gap_excess_s against the hold that happened, engine-clock
@@ -361,8 +361,8 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
     originals, arrivals = range(concurrency), range(concurrency, concurrency + n_arrivals)
     # A weight_sync (and a level-2 sleep, which pushes between its wakes) sends one request
     # after the resume, to be served by the new weights.
-    pushes = cycle == "weight_sync" or (cycle == "sleep" and int(scenario.get("sleep_level", 0) or 0) == 2)
-    checks = range(concurrency + n_arrivals, concurrency + n_arrivals + pushes)
+    checks = range(concurrency + n_arrivals,
+                   concurrency + n_arrivals + pushes(cycle, int(scenario.get("sleep_level", 0) or 0)))
 
     tokens = tokens.sort_values("t", kind="stable")
     pause_call = _event_time(events, tr.PAUSE_CALL)

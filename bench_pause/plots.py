@@ -562,6 +562,7 @@ def sleep(data: Runs, out: Path) -> list[Path]:
     pause cycle and the sleep cycles of the same engine side by side, each phase's p50 stacked
     (the stop call; a split wake's weights; a level-2 sleep's push; the call that resumes to
     the first token), the GPU memory the sleep freed beside it; nothing without sleep cycles."""
+    from bench_pause.summary import cycle_name
     m = data.measured
     if not len(m) or not (m["cycle"] == "sleep").any():
         return []
@@ -577,7 +578,7 @@ def sleep(data: Runs, out: Path) -> list[Path]:
     height = 1.6 + 0.4 * len(table)
     fig, ax = plt.subplots(figsize=(9, height))
     labels = [f"{r.backend} dp {r.dp_size} {r.mode}: " + (
-        f"sleep L{r.sleep_level} wake {r.wake}" if r.cycle == "sleep" else f"pause, {'clear' if r.clear_cache else 'keep'} cache")
+        cycle_name(r) if r.cycle == "sleep" else f"pause, {'clear' if r.clear_cache else 'keep'} cache")
         + f" ({r.n})" for r in table.itertuples(index=False)]
     y = np.arange(len(table))
     left = np.zeros(len(table))

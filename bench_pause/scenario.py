@@ -38,6 +38,12 @@ SLEEP_LEVELS = (0, 1, 2)
 WAKES = ("all", "split")
 
 
+def pushes(cycle: str, sleep_level: int) -> bool:
+    """Whether a cycle pushes a weight set (bench_pause.weight_sync) and checks it with one
+    more request: the weight_sync cycle, and a level-2 sleep between its wakes."""
+    return cycle == "weight_sync" or (cycle == "sleep" and sleep_level == 2)
+
+
 class ScenarioError(ValueError):
     """Bad input, reported as one line before any engine starts."""
 
@@ -156,9 +162,7 @@ class Scenario:
 
     @property
     def pushes(self) -> bool:
-        """Whether the cycle pushes a weight set (bench_pause.weight_sync): the weight_sync
-        cycle, and a level-2 sleep between its wakes."""
-        return self.cycle == "weight_sync" or (self.cycle == "sleep" and self.sleep_level == 2)
+        return pushes(self.cycle, self.sleep_level)
 
     @property
     def point(self) -> PausePoint:

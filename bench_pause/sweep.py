@@ -96,7 +96,7 @@ def plan(cfg: SweepConfig, say: Say = print) -> Plan:
     if syncs and cfg.urls:
         raise ScenarioError("the weight_sync cycle and a level-2 sleep start their own engines (they set "
                             "--weight-transfer-config and --worker-extension-cls): drop --url")
-    if syncs and weight_sync.OWN_FLAGS & {tok.split("=")[0] for part in cfg.engine_args for tok in shlex.split(part)}:
+    if syncs and weight_sync.OWN_FLAGS & _flags_given(cfg.engine_args):
         raise ScenarioError("the weight_sync cycle sets --weight-transfer-config and --worker-extension-cls "
                             "itself: drop them from --engine-args")
     if any(sc.backend == "offline" for sc in scenarios) or not cfg.urls:
@@ -180,6 +180,11 @@ def _sync_engine_flags(model: str, transfer: str, gpu: bool, scenarios: list[Sce
     return [weight_sync.engine_args(transfer)], defaults, placement
 
 
+def _flags_given(engine_args: list[str]) -> set[str]:
+    """The flags (and words) of every --engine-args string, ``--flag=value`` as ``--flag``."""
+    return {tok.split("=")[0] for part in engine_args for tok in shlex.split(part)}
+
+
 def _sleep_engine_flags(scenarios: list[Scenario], engine_args: list[str], gpu: bool, syncs: bool) -> list[str]:
     """What a sleep sweep adds to the engine's flags: vLLM's sleep mode where a level frees
     memory (its CUDA memory pool), and the worker extension that reads each GPU's memory
@@ -192,7 +197,7 @@ def _sleep_engine_flags(scenarios: list[Scenario], engine_args: list[str], gpu: 
         raise ScenarioError("sleep levels 1 and 2 need a GPU: vLLM's CPU platform has no sleep mode (it refuses "
                             "--enable-sleep-mode, and its workers ignore sleep, so nothing is freed); "
                             "use --sleep-level 0 here")
-    given = {tok.split("=")[0] for part in engine_args for tok in shlex.split(part)}
+    given = _flags_given(engine_args)
     if "--worker-extension-cls" in given:
         raise ScenarioError("the sleep cycle sets --worker-extension-cls itself (it reads the GPU's memory "
                             "through it): drop it from --engine-args")

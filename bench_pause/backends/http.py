@@ -220,7 +220,8 @@ class HttpSession(Session):
         return self._open_streams
 
     async def _post(self, path: str, params: dict | None = None) -> str:
-        query = f"?{urlencode({k: str(v).lower() if isinstance(v, bool) else v for k, v in params.items()})}" \
+        """POST with query ``params``; a list value repeats its parameter (``tags=a&tags=b``)."""
+        query = f"?{urlencode({k: str(v).lower() if isinstance(v, bool) else v for k, v in params.items()}, doseq=True)}" \
             if params else ""
         async with self.client.post(f"{self.url}{path}{query}") as r:
             text = await r.text()
@@ -245,17 +246,13 @@ class HttpSession(Session):
         return await self._post("/sleep", {"level": level, "mode": mode})
 
     async def wake_up(self, tags: list[str] | None) -> str:
-        # /wake_up takes each tag as its own query parameter; none wakes everything.
-        query = "?" + urlencode([("tags", t) for t in tags]) if tags else ""
-        if self.wakes_all(tags):
+        last = self.wakes_all(tags)
+        if last:
             await vllm_compat.before_resume()
-        async with self.client.post(f"{self.url}/wake_up{query}") as r:
-            text = await r.text()
-            if r.status != 200:
-                raise RuntimeError(f"POST /wake_up{query} answered {r.status}: {text[:200]}")
-        if self.wakes_all(tags):
+        answer = await self._post("/wake_up", {"tags": tags} if tags else None)  # no tags: everything
+        if last:
             self._paused = False
-        return f"{r.status} {text.strip()[:200]}"
+        return answer
 
     async def memory(self) -> list[dict]:
         answer = await self._post_json("/collective_rpc", {"method": "bench_pause_memory",

@@ -110,10 +110,11 @@ class OfflineSession(Session):
         return ""
 
     async def wake_up(self, tags: list[str] | None) -> str:
-        if self.wakes_all(tags):
+        last = self.wakes_all(tags)
+        if last:
             await vllm_compat.before_resume()
         awake = await self.engine.wake_up(tags)  # whether fully awake from 0.32, None before
-        if self.wakes_all(tags):
+        if last:
             self._paused = False
         return "" if awake is None else json.dumps({"fully_awake": bool(awake)})
 
