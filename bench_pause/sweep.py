@@ -89,13 +89,16 @@ def plan(cfg: SweepConfig, say: Say = print) -> Plan:
         scenarios = [dataclasses.replace(sc, servers=len(cfg.urls)) if sc.backend == "http" else sc
                      for sc in scenarios]
     engine, sync_model, transfer, placement = None, None, cfg.transfer, weight_sync.Placement()
-    syncs = any(sc.pushes for sc in scenarios)
+    # Weight sets are staged for a cycle that pushes them, and for a sleep sweep given
+    # --transfer: its sleeps that keep the weights then check them (measure.measure).
+    sleeps = any(sc.cycle == "sleep" for sc in scenarios)
+    syncs = any(sc.pushes for sc in scenarios) or bool(transfer and sleeps)
     if transfer and not syncs:
-        raise ScenarioError("--transfer says how the weight_sync cycle (or a level-2 sleep) pushes weights: "
+        raise ScenarioError("--transfer says how the weight_sync cycle (or a sleep) pushes weights: "
                             "add --cycle weight_sync")
     if syncs and cfg.urls:
-        raise ScenarioError("the weight_sync cycle and a level-2 sleep start their own engines (they set "
-                            "--weight-transfer-config and --worker-extension-cls): drop --url")
+        raise ScenarioError("the weight_sync cycle and a sleep that pushes or checks weights start their own "
+                            "engines (they set --weight-transfer-config and --worker-extension-cls): drop --url")
     if syncs and weight_sync.OWN_FLAGS & _flags_given(cfg.engine_args):
         raise ScenarioError("the weight_sync cycle sets --weight-transfer-config and --worker-extension-cls "
                             "itself: drop them from --engine-args")
@@ -117,7 +120,7 @@ def plan(cfg: SweepConfig, say: Say = print) -> Plan:
             transfer = transfer or ("ipc" if gpu else "shm")
             extra, defaults, placement = _sync_engine_flags(model, transfer, gpu, scenarios, say)
             sync_model = model
-        if any(sc.cycle == "sleep" for sc in scenarios):
+        if sleeps:
             extra += _sleep_engine_flags(scenarios, cfg.engine_args, gpu, syncs)
         engine = vllm_compat.engine_config(model, [*cfg.engine_args, *extra], gpu, defaults)
         if syncs and weight_sync.nccl(transfer):

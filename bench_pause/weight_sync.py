@@ -325,6 +325,22 @@ async def push(session: Session, trace: tr.Trace, timeouts: Timeouts) -> None:
     weights.loaded = index
 
 
+async def held(session: Session, trace: tr.Trace, timeouts: Timeouts) -> None:
+    """Record which staged set the engine holds (``WEIGHTS_HELD``), for a sleep that keeps
+    its weights (levels 0 and 1): the tokens after the wake must come from that same set.
+    An engine still on the model's own weights, which no token can tell apart, is first
+    given a set (paused, pushed, resumed while idle: the measurement has not begun)."""
+    weights: EngineWeights | None = session.weights
+    if weights is None:
+        raise RuntimeError("a weight check on an engine that was not attached (weight_sync.attach)")
+    if weights.loaded is None:
+        await asyncio.wait_for(session.pause("keep", False), timeouts.pause)
+        await push(session, tr.Trace(), timeouts)
+        await asyncio.wait_for(session.resume(), timeouts.resume)
+    kept = weights.staged.sets[weights.loaded]
+    trace.event(tr.WEIGHTS_HELD, detail=json.dumps({"set": kept.name, "tokens": list(kept.tokens)}))
+
+
 async def idle_probe(session: Session, trace: tr.Trace, timeouts: Timeouts) -> None:
     """Ask every worker to synchronise its device and say when it had (transfer_worker)."""
     trace.event(tr.IDLE_CALL)

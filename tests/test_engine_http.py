@@ -174,7 +174,8 @@ def test_a_level_0_sleep_over_http_serves_every_stream(http_session, measure_on,
     m = measure_on(http_session, sc)
     v = m.metrics
     assert v["error"] == ""
-    assert v["tokens_received"] == v["tokens_expected"] == 2 * MAX_TOKENS
-    assert json.loads(v["finish_reasons"]) == {"length": 2}
+    assert v["tokens_received"] == v["tokens_expected"] == 3 * MAX_TOKENS  # the weight check's request too
+    assert json.loads(v["finish_reasons"]) == {"length": 3}
+    assert v["wrong_weight_tokens"] == 0 and v["new_weight_tokens"] >= MAX_TOKENS
     assert v["gap_s"] >= 0.3
     assert not loop.run_until_complete(http_session.is_paused())

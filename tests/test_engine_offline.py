@@ -125,13 +125,17 @@ def test_edge_cycles_complete_and_leave_the_engine_serving(offline_session, meas
 @pytest.mark.parametrize("mode", ["keep", "abort", "wait"])
 def test_a_level_0_sleep_keeps_the_pause_contract_and_wakes(offline_session, measure_on, loop, mode):
     """vLLM's sleep pauses in the mode given; at level 0 nothing else happens and one wake_up
-    (the scheduling tag) resumes it. The CPU's workers answer the memory probe with no figure."""
+    (the scheduling tag) resumes it. The CPU's workers answer the memory probe with no figure.
+    The session is set up for pushes, so the sleep checks its weights: the set the engine
+    held before made every token after the wake, the check request's among them."""
     sc = Scenario("offline", 1, mode, "tokens:5", 48, 2, 0.2, False, cycle="sleep", sleep_level=0, wake="all")
     m = measure_on(offline_session, sc)
     v = m.metrics
     assert v["error"] == "" and v["leak_tokens"] == 0 and v["ok"]
     reasons = json.loads(v["finish_reasons"])
-    assert reasons == ({"abort": 2} if mode == "abort" else {"length": 2})
+    assert reasons == ({"abort": 2, "length": 1} if mode == "abort" else {"length": 3})
+    assert "weights_held" in set(m.events["event"]) and "sync_start_call" not in set(m.events["event"])
+    assert v["wrong_weight_tokens"] == 0 and v["new_weight_tokens"] >= 48
     phases = [json.loads(d)["phase"] for d in m.events.loc[m.events["event"] == "memory", "detail"]]
     assert phases == ["before", "asleep", "after"]
     assert math.isnan(v["mem_freed_bytes"]) and math.isnan(v["wake_weights_s"])
@@ -156,6 +160,8 @@ def test_the_sleep_sequence_of_calls_at_levels_1_and_2(offline_session, measure_
         assert order == ["wake_return", "sync_start_call", "sync_finish_return", "resume_call"]
         assert v["wrong_weight_tokens"] == 0 and v["new_weight_tokens"] > 0
         assert json.loads(v["finish_reasons"]) == {"length": 3}  # the two kept and the check request
-    else:
-        assert "sync_start_call" not in events and math.isnan(v["sync_s"])
+    else:  # level 1 keeps the weights: the set held before made the tokens after the wake
+        assert "sync_start_call" not in events and math.isnan(v["sync_s"]) and "weights_held" in events
+        assert v["wrong_weight_tokens"] == 0 and v["new_weight_tokens"] > 0
+        assert json.loads(v["finish_reasons"]) == {"length": 3}
     assert not loop.run_until_complete(offline_session.is_paused())

@@ -327,6 +327,33 @@ def test_sleep_cycle_exact_values():
     assert all(math.isnan(plain[k]) for k in ("wake_weights_s", "mem_before_bytes", "mem_freed_bytes"))
 
 
+@pytest.mark.parametrize("stray", [None, "before", "after"])
+def test_a_sleep_that_kept_its_weights_is_checked_against_the_set_it_held(stray):
+    """A level-1 keep sleep on KEEP_TOKENS' timeline, the engine holding set A (token 7):
+    every token, before the sleep and after the wake, must be 7, the check request (2)
+    after the wake included; a token 9 (the other set) anywhere is a wrong-weight token
+    and fails the cycle. No push: the push's figures stay NaN."""
+    held = (tr.WEIGHTS_HELD, -1, 9.850, json.dumps({"set": "A", "tokens": [7]}))
+    tokens = [(r, t, e, 1, [7]) for r, t, e in KEEP_TOKENS]
+    tokens += [(2, 11.065, 11.064, 1, [7]), (2, 11.068, 11.067, 3, [7, 7, 7])]
+    if stray == "before":
+        tokens[0] = (*tokens[0][:4], [9])
+    elif stray == "after":
+        tokens[-1] = (*tokens[-1][:4], [7, 7, 9])
+    events = [held, *CONTROL, (tr.SUBMIT, 2, 11.053, ""), *FINISHED, (tr.FINISH, 2, 11.070, "length")]
+    sleep = {**SCENARIO, "cycle": "sleep", "clear_cache": True, "sleep_level": 1, "wake": "all"}
+    v = metrics.compute(*frames(tokens, events), sleep)
+    assert v["new_weight_tokens"] == 3 + 4 - (stray == "after")  # requests 0 and 1 after the wake, 2
+    assert v["wrong_weight_tokens"] == (0 if stray is None else 1)
+    assert v["ok"] == (stray is None) and v["leak_tokens"] == 0
+    assert v["dark_s"] == pytest.approx(11.060 - 10.008)
+    assert v["tokens_expected"] == v["tokens_received"] == 12
+    assert all(math.isnan(v[k]) for k in ("sync_s", "sync_bytes", "idle_s"))
+    # Without the check request the cycle is not served in full.
+    short = metrics.compute(*frames(tokens[:-1], events[:-1]), sleep)
+    assert not short["ok"]
+
+
 def test_sleep_memory_unread_on_a_cpu_is_nan():
     """Workers without CUDA answer used=None: no figure, rather than 0 bytes freed."""
     control = [(tr.MEMORY, -1, 9.8, json.dumps({"phase": "before", "workers": [{"rank": 0, "used": None}]})),

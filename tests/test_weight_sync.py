@@ -210,6 +210,20 @@ def test_transfer_is_refused_where_it_cannot_apply(tmp_path):
         assert r.returncode == 2 and "is vLLM's NCCL: it needs a CUDA GPU" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("transfer, levels, staged", [(None, (0,), False), ("shm", (0,), True)])
+def test_a_sleep_sweep_stages_weight_sets_to_push_or_check(model_path, tmp_path, transfer, levels, staged):
+    """A sleep that keeps its weights checks them only where the sweep stages the sets:
+    --transfer given (or a level-2 sleep, which pushes them; GPU only); a plain level-0
+    sweep stages nothing and starts its engine without a weight transfer."""
+    from bench_pause import sweep
+    from bench_pause.scenario import Grid
+    grid = Grid(backends=("offline",), modes=("keep",), cycles=("sleep",), sleep_levels=levels, wakes=("all",))
+    p = sweep.plan(sweep.SweepConfig(grid=grid, out=tmp_path / "out", model=model_path, transfer=transfer),
+                   say=lambda _: None)
+    assert (p.sync_model is not None) == staged and (p.transfer == "shm") == staged
+    assert any("--weight-transfer-config" in a for a in p.engine.args) == staged
+
+
 def test_a_preset_without_weight_files_is_staged_in_its_layout(tmp_path, monkeypatch):
     """tiny-qwen3 has no weight files (vLLM makes them): the trainer makes every tensor of
     its Hugging Face layout, and marks it by its RMSNorm."""

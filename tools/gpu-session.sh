@@ -207,12 +207,14 @@ PY
     # The colocated cycle beside the pause on the same engine (one engine per backend, started
     # with --enable-sleep-mode): sleep levels 0, 1 and 2 ($LEVELS), woken at once and split; level 2
     # pushes the next weight set between its wakes (--transfer ipc by default on a GPU; the
-    # 30B-A3B's two sets do not fit beside it: TRANSFER=ipc_packed).
+    # 30B-A3B's two sets do not fit beside it: TRANSFER=ipc_packed). Levels 0 and 1 check that
+    # the set held before the sleep made the tokens after the wake. RESUME=1 continues a run
+    # a call's limit cut short (its directory unpacked into the tree first).
     # shellcheck disable=SC2086
     timeout -k 40 "$LIMIT_S" python3 -m bench_pause run --model "$model" --cycle pause sleep --sleep-level ${LEVELS:-0 1 2} \
-      --wake all split --backend ${BACKENDS:-offline http} --mode keep abort wait --pause-point tokens:20 \
+      --wake all split --backend ${BACKENDS:-offline http} --mode ${MODES:-keep abort wait} --pause-point tokens:20 \
       --max-tokens 128 --concurrency 8 --hold 0.5 --clear-cache true false --repeats "${REPEATS:-4}" \
-      ${TRANSFER:+--transfer "$TRANSFER"} --startup-timeout 300 --out "$out" 2>&1 | tail -60
+      ${TRANSFER:+--transfer "$TRANSFER"} ${RESUME:+--resume} --startup-timeout 300 --out "$out" 2>&1 | tail -60
     echo "sleep exit ${PIPESTATUS[0]}"
     pack "sleep-$model" "$out"
     ;;
