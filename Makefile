@@ -33,7 +33,7 @@ test-fast: setup
 	$(PY) -m pytest -m "not engine"
 
 asv: setup
-	BENCH_PAUSE_PROFILE=$(PROFILE) $(PY) -m asv machine --yes >/dev/null && BENCH_PAUSE_PROFILE=$(PROFILE) $(PY) -m asv run --python=same --launch-method forkserver --set-commit-hash $$(git rev-parse HEAD) --show-stderr && $(PY) -m asv publish
+	BENCH_PAUSE_PROFILE=$(PROFILE) $(PY) -m asv machine --yes >/dev/null && BENCH_PAUSE_PROFILE=$(PROFILE) $(PY) -m asv run --python=same --launch-method forkserver --set-commit-hash $$(git rev-parse HEAD) --show-stderr && $(PY) -m bench_pause asv-publish
 
 clean:
 	rm -rf $(VENV) .asv

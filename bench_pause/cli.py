@@ -112,6 +112,8 @@ def _add_plot_report(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("docs", help="rebuild every generated page of docs/ from results/ (docs/pages.json)")
     d.add_argument("--docs", type=Path, default=Path("docs"), help="the docs directory holding pages.json")
     d.add_argument("--out", type=Path, help="write the pages here instead of over --docs")
+    a = sub.add_parser("asv-publish", help="asv publish, then vendor the site's JavaScript and CSS so it works offline")
+    a.add_argument("--config", type=Path, default=Path("asv.conf.json"), help="the asv configuration (its html_dir)")
     c = sub.add_parser("recompute", help="recompute the metrics of run directories from their traces")
     c.add_argument("run_dirs", nargs="+", type=Path)
 
@@ -369,6 +371,12 @@ def cmd_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_asv_publish(args: argparse.Namespace) -> int:
+    from bench_pause import asv_site
+    print(f"published {asv_site.publish(args.config)} (its JavaScript and CSS from {asv_site.SITE_DIR}/)")
+    return 0
+
+
 def cmd_recompute(args: argparse.Namespace) -> int:
     from bench_pause import results
     for d in _run_dirs(args.run_dirs):
@@ -492,8 +500,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "make-model": cmd_make_model, "plot": cmd_plot, "report": cmd_report,
-            "docs": cmd_docs, "recompute": cmd_recompute, "compare": cmd_compare, "interleave": cmd_interleave,
-            "history": cmd_history}
+            "docs": cmd_docs, "asv-publish": cmd_asv_publish, "recompute": cmd_recompute, "compare": cmd_compare,
+            "interleave": cmd_interleave, "history": cmd_history}
 
 
 def _join_engine_args(argv: list[str]) -> list[str]:

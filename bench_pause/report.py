@@ -11,6 +11,10 @@ from pathlib import Path
 
 from bench_pause import answers as answers_mod, meta, plots, quote, results, summary
 
+# A graph page of the published asv site (docs/asv), under the report's directory: shown
+# where it exists (tools/asv-screenshot.py makes it).
+ASV_SCREENSHOT = "figures/asv-site.png"
+
 CAPTIONS = {
     "timeline": "One typical pause per mode and backend: every token's arrival per request, the "
                 "pause call, its return, the hold (grey), the resume call and the first token after it.",
@@ -236,7 +240,11 @@ def write(dirs: list[Path], out: Path, title: str = "bench-pause results", inclu
     for setup, setup_dirs in _setup_groups(dirs).items():
         lines += _section(setup, setup_dirs, out)
     if (out / "asv" / "index.html").exists():
-        lines += ["## asv", "", "The asv site (`asv publish`) is at [asv/index.html](asv/index.html).", ""]
+        lines += ["## asv", "", "The asv site (`bench-pause asv-publish`) is at [asv/index.html](asv/index.html). It "
+                  "carries its own JavaScript and CSS, so it works without the internet.", ""]
+        if (out / ASV_SCREENSHOT).exists():
+            lines += ["A graph page of it, as headless Chromium without a network shows it "
+                      "(`tools/asv-screenshot.py`):", "", f"![a graph page of the asv site]({ASV_SCREENSHOT})", ""]
     out.mkdir(parents=True, exist_ok=True)
     index = out / name
     index.write_text("\n".join(lines) + "\n")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench_pause import answers, site
+from bench_pause import answers, asv_site, report, site
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -59,6 +59,9 @@ def rebuilt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]
     (root / "results").symlink_to(ROOT / "results")
     (root / "docs").mkdir()
     (root / "docs" / "asv").symlink_to(DOCS / "asv")  # the report links the asv site where it exists
+    shot = root / "docs" / report.ASV_SCREENSHOT  # and shows its screenshot
+    shot.parent.mkdir(parents=True)
+    shot.symlink_to(DOCS / report.ASV_SCREENSHOT)
     for page in site.pages(DOCS):
         if page.include:
             (root / page.include).parent.mkdir(parents=True, exist_ok=True)
@@ -129,30 +132,13 @@ def test_a_quote_that_names_nothing_fails(placeholder: str, says: str) -> None:
         quote.fill(placeholder, ROOT / "results")
 
 
-def _asv_results() -> list[tuple[str, str]]:
-    """(machine, benchmark) for every stored asv result at the benchmark's current version:
-    the ones `asv publish` must draw (an older version it drops, rightly)."""
-    import json
-    bench = json.loads((ROOT / "results" / "asv" / "benchmarks.json").read_text())
-    found = set()
-    for f in (ROOT / "results" / "asv").glob("*/*.json"):
-        if f.name == "machine.json":
-            continue
-        data = json.loads(f.read_text())
-        col = data["result_columns"].index("version")
-        for name, value in data["results"].items():
-            if name in bench and value[col] == bench[name]["version"]:
-                found.add((data["params"]["machine"], name))
-    return sorted(found)
-
-
 def test_the_asv_site_draws_every_stored_benchmark() -> None:
     graphs = DOCS / "asv" / "graphs"
     drawn = {(next(x.name.removeprefix("machine-") for x in p.parents if x.name.startswith("machine-")), p.stem)
              for p in graphs.rglob("*.json") if "summary" not in p.parts}
-    stored = _asv_results()
+    stored = asv_site.stored(ROOT / "results" / "asv")
     assert stored, "no stored asv results"
-    assert [s for s in stored if s not in drawn] == [], "run `python -m asv publish` and commit docs/asv"
+    assert [s for s in stored if s not in drawn] == [], "run `bench-pause asv-publish` and commit docs/asv"
     assert not [p for p in graphs.rglob("*") if "null" in p.name], "a machine without arch/cpu/os/ram"
 
 

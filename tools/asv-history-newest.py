@@ -7,7 +7,7 @@ history), the same history shows as a change between two bench-pause commits, an
 publish` lists it as a regression that no comparison finds (issue 31). A history is one
 measurement of vLLM releases, not of bench-pause: only its newest reading stays.
 
-    python3 tools/asv-history-newest.py [results/asv]     # then: python3 -m asv publish
+    python3 tools/asv-history-newest.py [results/asv]     # then: .venv/bin/bench-pause asv-publish
 """
 import json
 import sys
