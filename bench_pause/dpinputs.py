@@ -61,8 +61,13 @@ def _pcts(v: pd.Series) -> tuple[float, float, float]:
     return tuple(float(np.percentile(x, q)) for q in (10, 50, 90))
 
 
+def _runs(rows: pd.DataFrame) -> str:
+    """The run directories of ``rows`` by name: the same wherever the results directory lies."""
+    return ", ".join(sorted({Path(d).name for d in rows["run_dir"]}))
+
+
 def _input(name: str, rows: pd.DataFrame, metric: str, what: str) -> Input:
-    return Input(name, *_pcts(rows[metric]), f"{', '.join(sorted(rows['run_dir'].unique()))} ({what}: {metric})")
+    return Input(name, *_pcts(rows[metric]), f"{_runs(rows)} ({what}: {metric})")
 
 
 def preset_of(info: dict) -> str:
@@ -153,8 +158,8 @@ def dummy_forward(df: pd.DataFrame, row: pd.Series) -> Input:
     base = float(np.median(dense["pause_api_s"]))
     steps = dpmodel.dummy_steps(0, release) * dpmodel.slowest(1.0, _spread(idle), n)
     lo, mid, hi = ((v - base - dpmodel.allreduce_s(n, NET_MID)) / steps for v in _pcts(idle["pause_api_s"]))
-    source = (f"{', '.join(sorted(idle['run_dir'].unique()))} (idle cycle: pause_api_s) less the p50 of "
-              f"{', '.join(sorted(dense['run_dir'].unique()))} (dense idle cycle), over {release.interval} steps")
+    source = (f"{_runs(idle)} (idle cycle: pause_api_s) less the p50 of {_runs(dense)} (dense idle cycle), "
+              f"over {release.interval} steps")
     return Input("dummy forward", lo, mid, hi, source)
 
 

@@ -63,16 +63,19 @@ def figure(checks: pd.DataFrame, preds: pd.DataFrame, dirs: list[Path], out: Pat
     """Left: every check, measured p90 against the predicted p90 and its interval, coloured
     by verdict. Right: the busy pause's p50 and p90 against dp size, per model and release."""
     import matplotlib.pyplot as plt
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
+    import matplotlib.ticker
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 6.5))
     for verdict, rows in checks.groupby("verdict"):
         rows = rows[np.isfinite(rows["pred_p90"])]
+        if not len(rows):
+            continue
         err = np.vstack([rows["pred_p90"] - rows["lo_p90"], rows["hi_p90"] - rows["pred_p90"]]) * 1e3
         left.errorbar(rows["meas_p90"] * 1e3, rows["pred_p90"] * 1e3, yerr=err.clip(0), fmt="o", ms=4,
                       color=VERDICT_COLORS[verdict], label=f"{verdict} ({len(rows)})", alpha=0.8)
     lim = [1, max(checks["meas_max"].max(), checks["hi_p90"].max()) * 1e3 * 1.5]
     left.plot(lim, lim, "k--", lw=0.8)
     left.set(xscale="log", yscale="log", xlabel="measured p90 (ms)", ylabel="predicted p90 and interval (ms)",
-             title="Checks: every measured cell (pause call, resume to every stream)")
+             title="Checks: pause call and resume, every cell", )
     left.legend(fontsize=8)
     busy = preds[(preds["engine"] == "busy") & (preds["metric"] == "pause")]
     for (model, release), rows in busy.groupby(["model", "release"], sort=False):
@@ -80,9 +83,10 @@ def figure(checks: pd.DataFrame, preds: pd.DataFrame, dirs: list[Path], out: Pat
         right.fill_between(rows["dp"], rows["lo_p90"] * 1e3, rows["hi_p90"] * 1e3, color=line.get_color(), alpha=0.2)
         right.plot(rows["dp"], rows["p50"] * 1e3, "s:", color=line.get_color())
     right.set(xscale="log", yscale="log", xlabel="data-parallel size", ylabel="pause call (ms)",
-              title="Predicted pause of a busy MoE engine (p90 solid with interval, p50 dotted)")
+              title="Predicted busy MoE pause: p90 (band: interval), p50 dotted")
     right.set_xticks(sorted(busy["dp"].unique()), labels=[str(d) for d in sorted(busy["dp"].unique())])
-    right.legend(fontsize=7)
+    right.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    right.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     fig.text(0.01, 0.005, "measured on: " + footer(dirs), fontsize=7, color="#555555", ha="left", va="bottom")
     return plots._write(fig, out, "dpmodel")
 

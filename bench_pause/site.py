@@ -78,11 +78,10 @@ def build(docs: Path, root: Path, out: Path | None = None, say=print) -> list[Pa
             target = out / page.path
             if page.scale:
                 written.append(scale.write(dirs, target, title=page.title))
-                say(f"wrote {written[-1]}")
-                continue
-            written.append(report.write(dirs, target.parent, title=page.title,
-                                        include=root / page.include if page.include else None,
-                                        answers=root / page.answers if page.answers else None,
-                                        name=target.name))
+            else:
+                written.append(report.write(dirs, target.parent, title=page.title,
+                                            include=root / page.include if page.include else None,
+                                            answers=root / page.answers if page.answers else None,
+                                            name=target.name))
         say(f"wrote {written[-1]}")
     return written
