@@ -118,6 +118,14 @@ def _add_plot_report(sub: argparse._SubParsersAction) -> None:
     c.add_argument("run_dirs", nargs="+", type=Path)
 
 
+def _add_model(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("model", help="predict the MoE DP pause at larger dp sizes from measured runs, and check it")
+    p.add_argument("run_dirs", nargs="+", type=Path,
+                   help="runs to read the inputs from: a MoE model at dp 1 and its idle cycle at dp > 1, a dense idle cycle")
+    p.add_argument("--dp", type=int, nargs="+", default=[8, 16, 32, 64], dest="dp_sizes")
+    p.add_argument("--out", type=Path, default=Path("dpmodel"), help="where the figure and prediction.json go")
+
+
 def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="regressions between versions, run by run; exit 1 if any",
                        description="Compares the engine runs of two or more versions (the unit of replication "
@@ -214,6 +222,7 @@ def parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_interleave(sub)
     _add_history(sub)
+    _add_model(sub)
     return ap
 
 
@@ -377,6 +386,35 @@ def cmd_asv_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from bench_pause import dpinputs, scale
+    if min(args.dp_sizes) < 1:
+        raise ScenarioError(f"--dp {min(args.dp_sizes)}: a data-parallel size is at least 1")
+    dirs = _run_dirs(args.run_dirs)
+    subjects = dpinputs.subjects(dirs)
+    if not subjects:
+        raise ScenarioError("no MoE model with a dp 1 keep pause (offline, clear_cache true) among the runs named")
+    preds = dpinputs.predictions(subjects, sorted(set(args.dp_sizes)))
+    table = Table(title="Predicted MoE DP pause (ms)")
+    header, body = scale.answer_rows(preds)
+    for h in header:
+        table.add_column(h)
+    for row in body:
+        table.add_row(*row)
+    console = Console() if Console().is_terminal else Console(width=200)
+    console.print(table)
+    for s in subjects:
+        console.print(f"{s.name}: " + "; ".join(f"{i.name} {i.p50 * 1e3:.2f} ms from {i.source}" for i in s.inputs.listed())
+                      + "".join(f"; {a}" for a in s.assumptions))
+    print(f"wrote {scale.write_json(subjects, preds, args.out / 'prediction.json')}")
+    checks = dpinputs.checks(dirs)
+    print(f"wrote {' '.join(map(str, scale.figure(checks, preds, dirs, args.out)))}")
+    return 0
+
+
 def cmd_recompute(args: argparse.Namespace) -> int:
     from bench_pause import results
     for d in _run_dirs(args.run_dirs):
@@ -501,7 +539,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "make-model": cmd_make_model, "plot": cmd_plot, "report": cmd_report,
             "docs": cmd_docs, "asv-publish": cmd_asv_publish, "recompute": cmd_recompute, "compare": cmd_compare,
-            "interleave": cmd_interleave, "history": cmd_history}
+            "interleave": cmd_interleave, "history": cmd_history, "model": cmd_model}
 
 
 def _join_engine_args(argv: list[str]) -> list[str]:

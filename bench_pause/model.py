@@ -53,6 +53,7 @@ class Preset:
     rope_theta: float = 10000.0
     dummy: bool = False
     about: str = ""
+    full_layers: int = 0  # > 0: a cut of a model this many layers deep (the DP model scales by it)
 
     @property
     def tokenizer_vocab(self) -> int:
@@ -174,7 +175,7 @@ PRESETS = {p.name: p for p in (
            dummy=True, about="Qwen3-30B-A3B shape, MoE, 128 experts, top-8 (61 GB): the default on a large GPU"),
     Preset("qwen3-235b-a22b-4l", "qwen3_moe", layers=4, hidden=4096, heads=64, kv_heads=4, head_dim=128,
            ffn=12288, vocab=151936, max_positions=4096, dtype="bfloat16", experts=128, top_k=8, moe_ffn=1536,
-           rope_theta=1e6, dummy=True,
+           rope_theta=1e6, dummy=True, full_layers=94,
            about="4 of Qwen3-235B-A22B's 94 layers: its large experts (1536 wide) on one GPU (22 GB)"),
 )}
 

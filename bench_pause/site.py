@@ -28,6 +28,7 @@ class Page:
     runs: list[str] = field(default_factory=list)  # relative to the repository root
     history: str | None = None
     compare: list[str] = field(default_factory=list)
+    scale: list[str] = field(default_factory=list)  # runs the DP model reads its inputs and checks from
     title: str = "bench-pause results"
     include: str | None = None  # a hand-written Markdown file placed after the title
     answers: str | None = None  # the results directory the table of answers is computed from
@@ -51,7 +52,7 @@ def pages(docs: Path) -> list[Page]:
 def build(docs: Path, root: Path, out: Path | None = None, say=print) -> list[Path]:
     """Rebuild every page of ``docs``/pages.json from the runs under ``root`` (the repository)
     into ``out`` (default: ``docs`` itself). Paths in pages.json are relative to ``root``."""
-    from bench_pause import compare, history, report, results
+    from bench_pause import compare, history, report, results, scale
     out = Path(out or docs)
     root = Path(root)
     written = []
@@ -69,14 +70,18 @@ def build(docs: Path, root: Path, out: Path | None = None, say=print) -> list[Pa
             written.append(compare.write_markdown([compare.compare(sides[0], new, th) for new in sides[1:]], th,
                                                   out / page.path))
         else:
-            dirs = [d for r in page.runs for d in results.run_dirs(root / r)]
-            missing = [r for r in page.runs if not results.run_dirs(root / r)]
+            listed_runs = page.scale or page.runs
+            dirs = [d for r in listed_runs for d in results.run_dirs(root / r)]
+            missing = [r for r in listed_runs if not results.run_dirs(root / r)]
             if missing:
                 raise ScenarioError(f"{PAGES}: {page.path} names runs that hold no run directory: {', '.join(missing)}")
             target = out / page.path
-            written.append(report.write(dirs, target.parent, title=page.title,
-                                        include=root / page.include if page.include else None,
-                                        answers=root / page.answers if page.answers else None,
-                                        name=target.name))
+            if page.scale:
+                written.append(scale.write(dirs, target, title=page.title))
+            else:
+                written.append(report.write(dirs, target.parent, title=page.title,
+                                            include=root / page.include if page.include else None,
+                                            answers=root / page.answers if page.answers else None,
+                                            name=target.name))
         say(f"wrote {written[-1]}")
     return written
