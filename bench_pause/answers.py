@@ -1,4 +1,4 @@
-"""The six questions users bring, answered from committed runs: the table that opens docs/index.md.
+"""The questions users bring, answered from committed runs: the table that opens docs/index.md.
 
 An RL engineer or a vLLM developer comes with these (issue 31); the answer must be found in
 two minutes and must not drift from results/. So every number here is computed from the run
@@ -147,6 +147,21 @@ def weight_sync(m: pd.DataFrame) -> str:
             f"wrong-weight tokens in any cycle: {wrong})")
 
 
+def sleep_cost(m: pd.DataFrame) -> str:
+    """Per sleep level: the sleep call, the wake that resumes (one call at levels 0 and 1, the
+    KV cache's after a split wake at level 2), the memory freed; the pause beside it."""
+    keep = m[m["mode"] == "keep"]
+    said = []
+    for level, g in keep[keep["cycle"] == "sleep"].groupby("sleep_level"):
+        wake = g[g["wake"] == ("split" if level == 2 else "all")]
+        said.append(f"level {level}: sleep {tails(g['pause_api_s'])}, "
+                    f"wake {tails(wake['resume_api_s'])}, frees {g['mem_freed_bytes'].median() / 2**30:.1f} GiB "
+                    f"({len(g)} cycles)")
+    pause = results.plain_cycle(keep)
+    return ("; ".join(said) + f"; beside a keep pause {tails(pause['pause_api_s'])} and its resume "
+            f"{tails(pause['resume_api_s'])} ({', '.join(sorted(set(m['backend'])))})")
+
+
 def _moved(c) -> str:
     """What a comparison called a regression: metric, delta and its CI, cell by cell."""
     return ", ".join(f"{history.LABELS.get(r['metric'], r['metric'])} {r['delta'] * 1e3:+.1f} ms "
@@ -225,6 +240,8 @@ QUESTIONS = [
     Question("What does data parallel add?", ["gpu-*-dp[12]-qwen3-30b-a3b"], data_parallel, "dp/index.md"),
     Question("What does a whole weight-sync cycle cost?",
              ["gpu-*-weight-sync-ipc_packed*-qwen3-30b-a3b", "gpu-*-weight-sync-ipc_packed-qwen3-8b"], weight_sync),
+    Question("What does a colocated sleep cost, and what does it free?",
+             ["gpu-*-sleep-qwen3-30b-a3b", "gpu-*-sleep-qwen3-8b"], sleep_cost),
     Question("Did any release regress?", ["gpu-*-history-offline-*", "gpu-*-history-http-*", "gpu-*-*-vs-*"], None,
              "history/gpu-h100/index.md"),
 ]
