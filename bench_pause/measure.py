@@ -170,7 +170,8 @@ async def measure(session: Session, sc: Scenario, timeouts: Timeouts, rng: rando
     reached = asyncio.Event()
     # A sleep cycle reads the GPUs' memory where the suite started the engine (with its
     # worker extension; a server started elsewhere may lack it).
-    sleeping, memory = sc.cycle == "sleep", sc.cycle == "sleep" and session.launches
+    sleeping = sc.cycle == "sleep"
+    memory = sleeping and session.launches
     # A sleep that keeps its weights checks them where the engine can hold a staged set.
     holds = sleeping and not sc.pushes and session.weights is not None
     sync = sc.pushes or holds  # checked by one more request after the resume

@@ -52,12 +52,12 @@ SYNC_FINISH_RETURN = "sync_finish_return"
 # resumes scheduling as the resume call and return; a split wake's first call (the weights)
 # beside them. Each GPU's memory in use (the workers' answers, JSON) before the sleep,
 # asleep and after the wake: the detail {"phase": ..., "workers": [...]}.
-# A sleep that keeps the weights (levels 0 and 1) on an engine holding a staged set: which
-# one (its detail: {"set": ..., "tokens": [...]}), recorded before the requests.
-WEIGHTS_HELD = "weights_held"
 WAKE_CALL = "wake_call"
 WAKE_RETURN = "wake_return"
 MEMORY = "memory"
+# A sleep that keeps the weights (levels 0 and 1) on an engine holding a staged set: which
+# one (its detail: {"set": ..., "tokens": [...]}), recorded before the requests.
+WEIGHTS_HELD = "weights_held"
 # vLLM's own weight-operation histogram (sum, count per operation; JSON) before and after
 # the measurement, where the engine exposes it (its HTTP routes).
 WEIGHT_OPS = "weight_ops"

@@ -298,12 +298,17 @@ async def _updates_from_trainer(session: Session, trainer: Trainer, index: int, 
     return {"updates": updates, **{k: v for k, v in message.items() if k != "done"}}
 
 
+def _attached(session: Session) -> EngineWeights:
+    """What the engine holds; RuntimeError where it was never set up for pushes."""
+    if session.weights is None:
+        raise RuntimeError("weights pushed or checked on an engine that was not attached (weight_sync.attach)")
+    return session.weights
+
+
 async def push(session: Session, trace: tr.Trace, timeouts: Timeouts) -> None:
     """Push the set the engine does not hold: start, its updates (one per staged file, or
     as many as the trainer sends: CUDA IPC, NCCL), finish, each bounded by a timeout."""
-    weights: EngineWeights | None = session.weights
-    if weights is None:
-        raise RuntimeError("weight_sync on an engine that was not attached (weight_sync.attach)")
+    weights = _attached(session)
     old, index = weights.next()
     staged = weights.staged
     new = staged.sets[index]
@@ -330,9 +335,7 @@ async def held(session: Session, trace: tr.Trace, timeouts: Timeouts) -> None:
     its weights (levels 0 and 1): the tokens after the wake must come from that same set.
     An engine still on the model's own weights, which no token can tell apart, is first
     given a set (paused, pushed, resumed while idle: the measurement has not begun)."""
-    weights: EngineWeights | None = session.weights
-    if weights is None:
-        raise RuntimeError("a weight check on an engine that was not attached (weight_sync.attach)")
+    weights = _attached(session)
     if weights.loaded is None:
         await asyncio.wait_for(session.pause("keep", False), timeouts.pause)
         await push(session, tr.Trace(), timeouts)
