@@ -387,10 +387,9 @@ def cmd_asv_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_model(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
-    from bench_pause import dpinputs, scale
+    from bench_pause import dpinputs, scale, summary
     if min(args.dp_sizes) < 1:
         raise ScenarioError(f"--dp {min(args.dp_sizes)}: a data-parallel size is at least 1")
     dirs = _run_dirs(args.run_dirs)
@@ -404,7 +403,7 @@ def cmd_model(args: argparse.Namespace) -> int:
         table.add_column(h)
     for row in body:
         table.add_row(*row)
-    console = Console() if Console().is_terminal else Console(width=200)
+    console = summary.console(width=200)
     console.print(table)
     for s in subjects:
         console.print(f"{s.name}: " + "; ".join(f"{i.name} {i.p50 * 1e3:.2f} ms from {i.source}" for i in s.inputs.listed())

@@ -302,10 +302,9 @@ def write_markdown(comparisons: list[Comparison], th: Thresholds, path: Path) ->
 
 
 def print_terminal(c: Comparison, th: Thresholds) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console() if Console().is_terminal else Console(width=160)
+    console = summary.console(width=160)
     t = Table(title=f"{c.new.label} vs {c.base.label}: pooled per group, run by run", title_justify="left")
     for h in ("backend", "dp", "mode", "metric", "cells", "runs", "delta ms", "95% CI ms", "p (Holm)",
               "detectable ms", "verdict"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,9 @@ import pandas as pd
 from bench_pause.metrics import HEADLINE
 from bench_pause.results import measured
 from bench_pause.scenario import Scenario
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 CELL = [c for c in Scenario.columns() if c != "repeat"]
 TIMING = [m for m, unit in HEADLINE.items() if unit == "s"]
@@ -318,10 +322,17 @@ def markdown(table: pd.DataFrame, rows_of=rows) -> str:
     return "\n".join(lines) + "\n"
 
 
+def console(width: int = 260) -> "Console":
+    """The terminal's console, or, writing to a log file or a pipe, one ``width`` columns
+    wide: rich would otherwise squeeze a wide table into 80 columns there."""
+    from rich.console import Console
+
+    return Console() if Console().is_terminal else Console(width=width)
+
+
 def print_table(table: pd.DataFrame, title: str, rows_of=rows) -> None:
     """The table in the terminal: a row whose pauses were not all ok (or leaked) in red,
     one with a stall in yellow."""
-    from rich.console import Console
     from rich.table import Table
 
     header, body = rows_of(table)
@@ -333,10 +344,7 @@ def print_table(table: pd.DataFrame, title: str, rows_of=rows) -> None:
         bad = ok[0] != ok[1] or ("leak" in header and r[header.index("leak")] != "0")
         stalled = "stalls" in header and r[header.index("stalls")] != "0"
         t.add_row(*r, style="bold red" if bad else ("yellow" if stalled else None))
-    console = Console()
-    if not console.is_terminal:  # a log file: don't squeeze the table into 80 columns
-        console = Console(width=260)
-    console.print(t)
+    console().print(t)
 
 
 # A known vLLM behaviour that breaks the abort contract as the suite reads it (findings.md).
