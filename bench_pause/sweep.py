@@ -77,6 +77,10 @@ def plan(cfg: SweepConfig, say: Say = print) -> Plan:
     """Validate the sweep and work out what to run; raises ScenarioError/VllmError."""
     scenarios = cfg.grid.scenarios()
     _check_out_dir(cfg.out)
+    if not cfg.resume and (Path(cfg.out) / results.RUNS).exists():
+        # Appending would mix two runs under the meta.json of the second (it happened: a
+        # GPU run into the directory of an earlier one).
+        raise ScenarioError(f"{cfg.out} already holds a run: --resume continues it, or measure into a new --out")
     if cfg.urls:
         if len(set(cfg.grid.dp_sizes)) > 1 and "http" in cfg.grid.backends:
             raise ScenarioError("with --url the server's data parallelism is fixed: give one --dp")

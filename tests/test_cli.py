@@ -67,6 +67,18 @@ def test_output_that_is_a_file(tmp_path):
     one_line_error(bench_pause("run", "--out", str(f)), "not a directory")
 
 
+def test_output_that_holds_a_run_needs_resume(tmp_path):
+    """A second run into a run's directory would append its pauses under a meta.json that
+    describes only itself; refused before any engine starts, and the run left untouched."""
+    out = tmp_path / "run"
+    out.mkdir()
+    pd.DataFrame({"measurement": [0]}).to_parquet(out / "runs.parquet")
+    (out / "meta.json").write_text("{}")
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    one_line_error(bench_pause("run", "--out", str(out)), "already holds a run: --resume continues it")
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+
+
 def test_a_vllm_without_the_pause_api_is_refused(monkeypatch):
     class OldAsyncLLM:  # the shape of a release from before the pause API
         async def generate(self) -> None: ...

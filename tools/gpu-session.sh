@@ -121,10 +121,23 @@ PY
     # asv looks the commit up in .git: bring it in when the checkout travelled without it.
     [ -f gpu-commits.bundle ] && git fetch -q gpu-commits.bundle "HEAD:refs/heads/gpu-run" 2>&1 | tail -2
     export BENCH_PAUSE_PROFILE=gpu BENCH_PAUSE_MODELS=$MODELS BENCH_PAUSE_RUN_ARGS="--startup-timeout 240"
-    # Named in full: asv's own probe left arch, cpu, os and ram null on a lent H200.
-    python3 -m asv machine --yes --machine "$MACHINE" --arch "$(uname -m)" --os "$(uname -s)" \
-      --num_cpu "$(nproc)" --cpu "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) host, $(nproc) cores (lent)" \
-      --ram "$(awk '/MemTotal/ {print $2 * 1024}' /proc/meminfo)" >/dev/null
+    # The machine as results/asv describes it, every field: `asv machine` saves only the
+    # fields that differ from its own probe, so a fresh host's results lacked arch, num_cpu
+    # and ram, and asv drew them apart from the same machine's other results.
+    python3 - "$MACHINE" "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) host, $(nproc) cores (lent)" <<'PY'
+import json, os, pathlib, platform, sys
+name, cpu = sys.argv[1:]
+committed = pathlib.Path("results/asv") / name / "machine.json"
+entry = json.loads(committed.read_text()) if committed.exists() else {
+    "arch": platform.machine(), "cpu": cpu, "machine": name, "num_cpu": str(os.cpu_count()), "os": platform.system(),
+    "ram": str(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))}
+entry.pop("version", None)
+path = pathlib.Path.home() / ".asv-machine.json"
+machines = json.loads(path.read_text()) if path.exists() else {"version": 1}
+machines[name] = entry
+path.write_text(json.dumps(machines, indent=4))
+print("asv machine", entry)
+PY
     timeout "$LIMIT_S" python3 -m asv run --python=same --launch-method forkserver --machine "$MACHINE" \
       --set-commit-hash "$BENCH_PAUSE_COMMIT" --bench "pause.$bench\." --show-stderr 2>&1 | tail -120
     echo "asv exit ${PIPESTATUS[0]}"
