@@ -12,8 +12,10 @@ from pathlib import Path
 from bench_pause import answers as answers_mod, meta, plots, quote, results, summary
 
 # A graph page of the published asv site (docs/asv), under the report's directory: shown
-# where it exists (tools/asv-screenshot.py makes it).
+# where it exists (tools/asv-screenshot.py makes it, of ASV_SCREENSHOT_PAGE by default:
+# what follows `index.html#` in the site's address).
 ASV_SCREENSHOT = "figures/asv-site.png"
+ASV_SCREENSHOT_PAGE = "pause.Offline.track_pause_api_s?machine=gpu-h100&x-axis=model"
 
 CAPTIONS = {
     "timeline": "One typical pause per mode and backend: every token's arrival per request, the "
@@ -244,7 +246,9 @@ def write(dirs: list[Path], out: Path, title: str = "bench-pause results", inclu
                   "carries its own JavaScript and CSS, so it works without the internet.", ""]
         if (out / ASV_SCREENSHOT).exists():
             lines += ["A graph page of it, as headless Chromium without a network shows it "
-                      "(`tools/asv-screenshot.py`):", "", f"![a graph page of the asv site]({ASV_SCREENSHOT})", ""]
+                      f"(`tools/asv-screenshot.py`, page `{ASV_SCREENSHOT_PAGE}`: the pause call's "
+                      "median per model, mode and clear_cache):", "",
+                      f"![a graph page of the asv site]({ASV_SCREENSHOT})", ""]
     out.mkdir(parents=True, exist_ok=True)
     index = out / name
     index.write_text("\n".join(lines) + "\n")

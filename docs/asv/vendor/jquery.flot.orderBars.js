@@ -88,10 +88,21 @@
         function getAxeMinMaxValues(series,AxeIdx){
             var minMaxValues = new Array();
             for(var i = 0; i < series.length; i++){
-                minMaxValues[0] = (series[i].data[0]) ? series[i].data[0][AxeIdx]: null;
-                minMaxValues[1] = (series[i].data[series[i].data.length - 1]) ? series[i].data[series[i].data.length - 1][AxeIdx]: null;
+                minMaxValues[0] = (series[i].data[0]) ? axeValue(series[i], series[i].data[0][AxeIdx], AxeIdx): null;
+                minMaxValues[1] = (series[i].data[series[i].data.length - 1]) ? axeValue(series[i], series[i].data[series[i].data.length - 1][AxeIdx], AxeIdx): null;
             }
             return minMaxValues;
+        }
+
+        // bench-pause patch: on a categories axis the raw values are labels; their
+        // positions are in the axis's categories map (jquery.flot.categories). Without it
+        // every shift is NaN and a graph of two or more series draws no bar.
+        function axeValue(serie, value, AxeIdx){
+            var axis = AxeIdx == 0 ? serie.xaxis : serie.yaxis;
+            if (typeof value === "string" && axis && axis.categories && value in axis.categories) {
+                return axis.categories[value];
+            }
+            return value;
         }
 
         function retrieveBarSeries(plot){
