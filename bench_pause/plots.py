@@ -557,21 +557,32 @@ def weight_sync(data: Runs, out: Path) -> list[Path]:
     return _save(fig, out, "weight_sync", data)
 
 
+def sleep_phases(m: pd.DataFrame) -> pd.DataFrame:
+    """The sleep figure's rows: per cell of the pause and sleep cycles, each phase's p50 and
+    the memory freed, over the engines that slept only. A section pools every run of its
+    setup, and another sweep's pauses are no same-engine comparison (they once filled the
+    figure). Empty without sleep cycles."""
+    if not len(m) or not (m["cycle"] == "sleep").any():
+        return pd.DataFrame()
+    keys = [k for k in ("run", "engine") if k in m]
+    m = m.merge(m.loc[m["cycle"] == "sleep", keys].drop_duplicates(), on=keys)
+    m = m[m["cycle"].isin(["pause", "sleep"]) & (m["arrivals"] == 0) & (m["servers"] == 1)]
+    by = ["backend", "dp_size", "mode", "cycle", "sleep_level", "wake", "clear_cache"]
+    return m.groupby(by, dropna=False, sort=True).agg(
+        n=("ok", "size"), stop=("pause_api_s", "median"), weights=("wake_weights_s", "median"),
+        push=("sync_s", "median"), comeback=("resume_ttft_s", "median"),
+        freed=("mem_freed_bytes", "median")).reset_index()
+
+
 def sleep(data: Runs, out: Path) -> list[Path]:
     """What a colocated trainer pays against a disaggregated one: per backend and mode, the
     pause cycle and the sleep cycles of the same engine side by side, each phase's p50 stacked
     (the stop call; a split wake's weights; a level-2 sleep's push; the call that resumes to
     the first token), the GPU memory the sleep freed beside it; nothing without sleep cycles."""
     from bench_pause.summary import cycle_name
-    m = data.measured
-    if not len(m) or not (m["cycle"] == "sleep").any():
+    table = sleep_phases(data.measured)
+    if not len(table):
         return []
-    m = m[m["cycle"].isin(["pause", "sleep"]) & (m["arrivals"] == 0) & (m["servers"] == 1)]
-    by = ["backend", "dp_size", "mode", "cycle", "sleep_level", "wake", "clear_cache"]
-    table = m.groupby(by, dropna=False, sort=True).agg(
-        n=("ok", "size"), stop=("pause_api_s", "median"), weights=("wake_weights_s", "median"),
-        push=("sync_s", "median"), comeback=("resume_ttft_s", "median"),
-        freed=("mem_freed_bytes", "median")).reset_index()
     phases = [("stop", "pause or sleep call"), ("weights", "wake: weights (split)"),
               ("push", "push (level 2)"), ("comeback", "resume or last wake call to first token")]
     colors = ["#4c72b0", "#dd8452", "#c44e52", "#55a868"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
+import pandas as pd
 
 from bench_pause import plots, report
 
@@ -52,6 +53,16 @@ def test_report_references_every_figure_it_wrote(tmp_path):
     assert "| backend |" in text and "vLLM 0.32.0" in text
     assert "### Data parallel: the slowest rank and server" in text
     assert "### Sleep: what a colocated trainer pays and gains" in text and "sleep L0 wake all" in text
+
+
+def test_the_sleep_figure_keeps_to_the_engines_that_slept():
+    """A section pools every run of its setup; the sleep figure sets a sleep beside the pause
+    of the same engine, so another run's pauses stay out of it."""
+    alone = plots.sleep_phases(plots.Runs.load([SLEEP_RUN]).measured)
+    pooled = plots.sleep_phases(plots.Runs.load([SLEEP_RUN, RUN]).measured)
+    assert len(alone) and (alone["cycle"] == "pause").any()
+    pd.testing.assert_frame_equal(pooled, alone)
+    assert plots.sleep_phases(plots.Runs.load([RUN]).measured).empty
 
 
 def test_report_command(tmp_path):
