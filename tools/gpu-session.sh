@@ -224,7 +224,8 @@ PY
     # pushes the next weight set between its wakes (--transfer ipc by default on a GPU; the
     # 30B-A3B's two sets do not fit beside it: TRANSFER=ipc_packed). Levels 0 and 1 check that
     # the set held before the sleep made the tokens after the wake. RESUME=1 continues a run
-    # a call's limit cut short (its directory unpacked into the tree first).
+    # a call's limit cut short (its directory unpacked into the tree first); another run of
+    # the same model and release needs SUFFIX (run refuses a directory that holds a run).
     # shellcheck disable=SC2086
     timeout -k 40 "$LIMIT_S" python3 -m bench_pause run --model "$model" --cycle pause sleep --sleep-level ${LEVELS:-0 1 2} \
       --wake all split --backend ${BACKENDS:-offline http} --mode ${MODES:-keep abort wait} --pause-point tokens:20 \
