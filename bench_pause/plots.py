@@ -564,8 +564,8 @@ def sleep_phases(m: pd.DataFrame) -> pd.DataFrame:
     figure). Empty without sleep cycles."""
     if not len(m) or not (m["cycle"] == "sleep").any():
         return pd.DataFrame()
-    keys = [k for k in ("run", "engine") if k in m]
-    m = m.merge(m.loc[m["cycle"] == "sleep", keys].drop_duplicates(), on=keys)
+    engines = ["run", "engine"]  # Runs.load names each run directory's rows
+    m = m.merge(m.loc[m["cycle"] == "sleep", engines].drop_duplicates(), on=engines)
     m = m[m["cycle"].isin(["pause", "sleep"]) & (m["arrivals"] == 0) & (m["servers"] == 1)]
     by = ["backend", "dp_size", "mode", "cycle", "sleep_level", "wake", "clear_cache"]
     return m.groupby(by, dropna=False, sort=True).agg(
