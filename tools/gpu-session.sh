@@ -66,7 +66,7 @@
 #     REPEATS=3 SUFFIX=-uniform VLLM_VERSION=0.34.0 bash tools/gpu-session.sh stall   (then VLLM_VERSION=0.26.0)
 # The 30B-A3B's sleep cycle, one call per backend and level group (each ~320-355 s on an H100
 # with 0.34.0 over HTTP, 2026-12-07, 178-188 s of it the server start; the first level-1 sleep pins
-# the weights' host copy: 17-29 s), e.g. for 0.26.0 (its bundle: 5 calls, the image's torch):
+# the weights' host copy: 17 s offline, 29 s over HTTP), e.g. for 0.26.0 (its bundle: 5 calls, the image's torch):
 #   VLLM_VERSION=0.26.0 LEVELS="0 1" BACKENDS=offline MODES=keep REPEATS=3 bash tools/gpu-session.sh sleep qwen3-30b-a3b
 #   ... LEVELS="0 1" BACKENDS=http SUFFIX=-http ...
 #   ... LEVELS=2 TRANSFER=ipc_packed BACKENDS=offline SUFFIX=-l2 ...;  BACKENDS=http SUFFIX=-http-l2
