@@ -64,9 +64,14 @@
 # dir's meta.json records the variable (vllm_env):
 #   VLLM_MOE_ROUTING_SIMULATION_STRATEGY=uniform_random EXECUTIONS=graphs ENGINE_ARGS="--max-model-len 2048" \
 #     REPEATS=3 SUFFIX=-uniform VLLM_VERSION=0.34.0 bash tools/gpu-session.sh stall   (then VLLM_VERSION=0.26.0)
-# The 30B-A3B's sleep cycle, one call per backend and level group (each ~320-355 s on an H100
-# with 0.34.0 over HTTP, 2026-12-07, 178-188 s of it the server start; the first level-1 sleep pins
-# the weights' host copy: 17 s offline, 29 s over HTTP), e.g. for 0.26.0 (its bundle: 5 calls, the image's torch):
+# The 30B-A3B's sleep cycle, one call per backend and level group: on 0.34.0 (H100, 2026-12-07)
+# offline 187 s (levels 0-1) and 233 s (level 2), HTTP 273 s and 319 s, each run's started..finished
+# in meta.json; of that the engine start (offline 96-107 s, the server 178-188 s) and, before a
+# level-2 run's engine, 60-75 s staging the trainer's sets. The first level-1 sleep pins the
+# weights' host copy: 17 s offline, 29 s over HTTP. The levels are not run on one engine as the
+# 8B's are: level 2 needs TRANSFER=ipc_packed on an H100 (the trainer's 57 GiB in pinned host
+# memory), and a level-1 sleep beside it would pin another 57 GiB (vLLM's weight backup) on a
+# host of 128 GiB (not tried). For 0.26.0 (its bundle: 5 calls, the image's torch):
 #   VLLM_VERSION=0.26.0 LEVELS="0 1" BACKENDS=offline MODES=keep REPEATS=3 bash tools/gpu-session.sh sleep qwen3-30b-a3b
 #   ... LEVELS="0 1" BACKENDS=http SUFFIX=-http ...
 #   ... LEVELS=2 TRANSFER=ipc_packed BACKENDS=offline SUFFIX=-l2 ...;  BACKENDS=http SUFFIX=-http-l2
