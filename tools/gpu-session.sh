@@ -48,12 +48,14 @@
 #                                             #   paused and while generating)
 # Installing on a lent machine (README, "Releases that pin a newer torch"): one call per part,
 # carrying .gpu-bundle/NAME/pN and running its receive.sh: the torch runtime's parts, then the
-# release's; the last call goes on with the first step. Send the first call alone and the
-# rest only once it answered: a machine that does not start refuses every call queued behind
-# it, at 15 s of device time each. ~4 s held per call; a machine idle 30 s is given back, and
-# one can be taken back mid-call: the install is lost with it. Send the rest in groups of
-# four or five: on 2026-12-07 a machine stopped answering at the 4th of 19 queued calls, and
-# the 15 behind it were refused at 15 s each (225 s of the session's 1800 s).
+# release's; the last call goes on with the first step. A part and the tree must fit 64 MiB:
+# `bash tools/gpu-tree.sh out` first (`out asv` before asv calls), `in` after the last call.
+# Send the first call alone and the rest only once it answered: a machine that does not start
+# refuses every call queued behind it, at 15 s of device time each. ~4 s held per call; a
+# machine idle 30 s is given back, and one can be taken back mid-call: the install is lost
+# with it. Send the rest in groups of four or five: on 2026-12-07 a machine stopped answering
+# at the 4th of 19 queued calls, and the 15 behind it were refused at 15 s each (225 s of the
+# session's 1800 s).
 # A step that resumes (cmp, history) continues from the run directories in the working tree: unpack
 # each call's tarball into the checkout before the next call, since the tree that travels
 # with a call replaces the host's copy (forgetting it once made a call repeat the previous one).
