@@ -7,9 +7,8 @@
 #   bash tools/gpu-tree.sh out [KEEP...]   # docs/ and results/ to $GPU_STASH, but for the
 #                                          #   results/KEEP named (asv: the asv calls need
 #                                          #   results/asv and its machine.json, 252 KB)
-#   bash tools/gpu-tree.sh in              # everything back; an entry a tarball has since
-#                                          #   written into the tree wins over its stashed copy
-#                                          #   only where the stash had none (else: refused)
+#   bash tools/gpu-tree.sh in              # everything back beside what tarballs have since
+#                                          #   unpacked; a name in both places is refused
 #   bash tools/gpu-tree.sh size            # what travels now (git's files, ignored ones left out)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +18,7 @@ case ${1:-size} in
   out)
     shift
     [ -e "$STASH" ] && { echo "gpu-tree: $STASH exists: run 'bash tools/gpu-tree.sh in' first" >&2; exit 1; }
+    [ -d docs ] || { echo "gpu-tree: no docs/ here to move" >&2; exit 1; }
     mkdir -p "$STASH/results"
     mv docs "$STASH/docs"
     for entry in results/* results/.[!.]*; do
@@ -34,18 +34,16 @@ case ${1:-size} in
     ;;
   in)
     [ -d "$STASH" ] || { echo "gpu-tree: no stash at $STASH" >&2; exit 1; }
+    entries=()
+    [ -e "$STASH/docs" ] && entries+=(docs)
     for entry in "$STASH"/results/* "$STASH"/results/.[!.]*; do
-      [ -e "$entry" ] || continue
-      if [ -e "results/$(basename "$entry")" ]; then
-        echo "gpu-tree: results/$(basename "$entry") is in both the tree and $STASH: merge it by hand" >&2; exit 1
-      fi
+      [ -e "$entry" ] && entries+=("results/${entry##*/}")
     done
-    [ -e docs ] && { echo "gpu-tree: docs/ is in both the tree and $STASH: merge it by hand" >&2; exit 1; }
-    mv "$STASH/docs" docs
+    for entry in "${entries[@]}"; do
+      [ -e "$entry" ] && { echo "gpu-tree: $entry is in both the tree and $STASH: merge it by hand" >&2; exit 1; }
+    done
     mkdir -p results
-    for entry in "$STASH"/results/* "$STASH"/results/.[!.]*; do
-      [ -e "$entry" ] && mv "$entry" results/
-    done
+    for entry in "${entries[@]}"; do mv "$STASH/$entry" "$entry"; done
     rmdir "$STASH/results" "$STASH"
     git status --short | head -5
     echo "gpu-tree: back from $STASH"
